@@ -1,0 +1,24 @@
+"""RuntimeConfig: where the engine keeps its state and which binaries it drives."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Settings of one engine instance. ``root`` is owned entirely by the engine."""
+
+    root: str = "/var/lib/berth"
+    run_root: str = "/run/berth"
+    runc: str = "runc"
+    conmon: str = "conmon"
+    cni_plugin_dirs: tuple[str, ...] = ("/usr/lib/cni", "/opt/cni/bin")
+    insecure_registries: tuple[str, ...] = field(default_factory=tuple)
+    # Network reads (registries) give up after this many seconds of silence.
+    net_timeout: float = 30.0
+
+    def path(self, *parts: str) -> str:
+        """Return a path under the engine root."""
+        return os.path.join(self.root, *parts)
