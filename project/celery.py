@@ -1,0 +1,11 @@
+"""The Celery app. Workers listen on their node's queue: ``celery -A project worker -Q node.<hostname>``."""
+
+import os
+
+from celery import Celery
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
+
+app = Celery("project")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.autodiscover_tasks()

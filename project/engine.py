@@ -1,0 +1,33 @@
+"""The one place where Django settings reach runtime/: build the engine's config and objects."""
+
+from functools import lru_cache
+
+from django.conf import settings
+
+from runtime import info
+from runtime.config import RuntimeConfig
+
+
+@lru_cache(maxsize=1)
+def runtime_config() -> RuntimeConfig:
+    """The RuntimeConfig of this node, from settings."""
+    return RuntimeConfig(
+        root=settings.RUNTIME_ROOT,
+        run_root=settings.RUNTIME_RUN_ROOT,
+        insecure_registries=tuple(settings.INSECURE_REGISTRIES),
+    )
+
+
+@lru_cache(maxsize=1)
+def _static_info() -> dict:
+    """The parts of system_info that do not change while the process runs (versions, host)."""
+    return info.system_info(runtime_config())
+
+
+def system_info() -> dict:
+    """Host and engine facts; the counts are read fresh every time."""
+    facts = dict(_static_info())
+    config = runtime_config()
+    facts["images_on_disk"] = info.count_entries(config.path("images"), ".json")
+    facts["containers_on_disk"] = info.count_entries(config.path("containers"))
+    return facts

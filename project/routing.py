@@ -1,0 +1,8 @@
+from django.urls import path
+
+from . import consumers
+
+websocket_urlpatterns = [
+    path("ws/events", consumers.EventsConsumer.as_asgi()),
+    path("ws/jobs/<int:pk>", consumers.JobConsumer.as_asgi()),
+]

@@ -1,0 +1,23 @@
+"""Berth's URLs: the UI, the admin, accounts, and the Docker Engine API."""
+
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import include, path, re_path
+
+from . import views
+
+urlpatterns = [
+    path("", views.dashboard, name="dashboard"),
+    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
+    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("accounts/tokens/", views.token_list, name="token_list"),
+    path("accounts/tokens/<int:pk>/revoke/", views.token_revoke, name="token_revoke"),
+    path("admin/", admin.site.urls),
+    path("jobs/", views.job_list, name="job_list"),
+    path("jobs/<int:pk>/", views.job_detail, name="job_detail"),
+    path("images/", include("images.urls")),
+    path("containers/", include("containers.urls")),
+    # The Docker Engine API: versioned, and unversioned for the first calls of a client.
+    re_path(r"^v(?P<version>\d+\.\d+)/", include("project.dockerapi.urls")),
+    path("", include("project.dockerapi.urls", namespace="docker-unversioned")),
+]
