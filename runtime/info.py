@@ -1,0 +1,109 @@
+"""Facts about this host and engine, as ``docker info`` and ``docker version`` show them."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import shutil
+import subprocess
+
+from .config import RuntimeConfig
+
+ENGINE_VERSION = "0.1.0"
+API_VERSION = "1.41"
+MIN_API_VERSION = "1.24"
+
+
+def _command_version(argv: list[str], pattern: str) -> str:
+    """Run ``argv`` and return the first match of ``pattern`` in its output, or '' if absent."""
+    if shutil.which(argv[0]) is None:
+        return ""
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=5).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    match = re.search(pattern, out)
+    return match.group(1) if match else ""
+
+
+def runc_version(config: RuntimeConfig) -> dict:
+    """Version and commit of the runc binary, e.g. {'version': '1.1.5', 'commit': '...'}."""
+    version = _command_version([config.runc, "--version"], r"runc version (\S+)")
+    commit = _command_version([config.runc, "--version"], r"commit: (\S+)")
+    return {"version": version, "commit": commit}
+
+
+def conmon_version(config: RuntimeConfig) -> dict:
+    version = _command_version([config.conmon, "--version"], r"conmon version (\S+)")
+    commit = _command_version([config.conmon, "--version"], r"commit: (\S+)")
+    return {"version": version, "commit": commit}
+
+
+def cgroup_version() -> str:
+    """'2' when /sys/fs/cgroup is the unified hierarchy, else '1'."""
+    return "2" if os.path.exists("/sys/fs/cgroup/cgroup.controllers") else "1"
+
+
+def os_release() -> dict:
+    """The host's /etc/os-release as a dict."""
+    info = {}
+    try:
+        with open("/etc/os-release") as f:
+            for line in f:
+                key, sep, value = line.strip().partition("=")
+                if sep:
+                    info[key] = value.strip('"')
+    except OSError:
+        pass
+    return info
+
+
+def go_arch() -> str:
+    """The host architecture in OCI/Go spelling (amd64, arm64...)."""
+    machine = platform.machine()
+    return {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386"}.get(machine, machine)
+
+
+def mem_total() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def count_entries(path: str, suffix: str = "") -> int:
+    """How many entries (ending with ``suffix``) a directory has; 0 when it does not exist."""
+    try:
+        return sum(1 for name in os.listdir(path) if name.endswith(suffix) and not name.startswith("."))
+    except FileNotFoundError:
+        return 0
+
+
+def system_info(config: RuntimeConfig) -> dict:
+    """Everything the engine knows about its host, for ``docker info`` and the dashboard."""
+    release = os_release()
+    uname = os.uname()
+    return {
+        "kernel_version": uname.release,
+        "operating_system": release.get("PRETTY_NAME", uname.sysname),
+        "os_version": release.get("VERSION_ID", ""),
+        "os_type": "linux",
+        "architecture": platform.machine(),
+        "go_arch": go_arch(),
+        "ncpu": os.cpu_count() or 1,
+        "mem_total": mem_total(),
+        "hostname": uname.nodename,
+        "cgroup_version": cgroup_version(),
+        "cgroup_driver": "cgroupfs",
+        "storage_driver": "overlay2",
+        "root": config.root,
+        "runc": runc_version(config),
+        "conmon": conmon_version(config),
+        "images_on_disk": count_entries(config.path("images"), ".json"),
+        "containers_on_disk": count_entries(config.path("containers")),
+    }
