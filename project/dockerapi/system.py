@@ -158,7 +158,7 @@ def info_document() -> dict:
         "Swarm": {"NodeID": "", "NodeAddr": "", "LocalNodeState": "inactive", "ControlAvailable": False,
                   "Error": "", "RemoteManagers": None},
         "LiveRestoreEnabled": True,
-        "Isolation": "",
+        "Isolation": "default",
         "InitBinary": "",
         "ContainerdCommit": {"ID": "", "Expected": ""},
         "RuncCommit": {"ID": facts["runc"]["commit"], "Expected": facts["runc"]["commit"]},

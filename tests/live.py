@@ -1,0 +1,166 @@
+"""The live stack for tests: a private Redis, Daphne and a Celery worker, started as a user would."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+ADMIN_USER = "admin"
+ADMIN_PASSWORD = "test-admin-password-5821"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(check, timeout: float, what: str, proc: subprocess.Popen | None = None):
+    """Call ``check`` until it returns a true value; fail with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what}: the process exited with {proc.returncode}")
+        try:
+            value = check()
+            if value:
+                return value
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"timed out waiting for {what}")
+
+
+def manage(*args: str, env: dict | None = None) -> str:
+    """Run ``manage.py`` with the test environment; return its stdout."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), *args],
+        cwd=ROOT, env=env or os.environ.copy(), capture_output=True, text=True, timeout=120,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"manage.py {' '.join(args)} failed: {result.stderr}")
+    return result.stdout
+
+
+@dataclass
+class Process:
+    """A child process with its log file."""
+
+    name: str
+    popen: subprocess.Popen
+    log: Path
+
+    def stop(self, timeout: float = 15) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+
+    def tail(self, n: int = 40) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+
+def start(name: str, argv: list[str], logdir: Path, env: dict | None = None) -> Process:
+    log = logdir / f"{name}.log"
+    f = open(log, "ab")
+    popen = subprocess.Popen(argv, cwd=ROOT, env=env or os.environ.copy(), stdout=f, stderr=subprocess.STDOUT,
+                             start_new_session=True)
+    return Process(name, popen, log)
+
+
+def start_redis(logdir: Path) -> Process:
+    url = urlparse(os.environ["REDIS_URL"])
+    proc = start("redis", [shutil.which("redis-server") or "redis-server", "--bind", "127.0.0.1", "--port",
+                           str(url.port), "--save", "", "--appendonly", "no", "--dir", str(logdir)], logdir)
+
+    def ping():
+        with socket.create_connection(("127.0.0.1", url.port), timeout=1) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+
+    wait_for(ping, 15, "redis-server", proc.popen)
+    return proc
+
+
+@dataclass
+class LiveServer:
+    """A running Berth: its URL, an admin account and an API token."""
+
+    url: str
+    port: int
+    token: str
+    processes: list[Process] = field(default_factory=list)
+    username: str = ADMIN_USER
+    password: str = ADMIN_PASSWORD
+
+    def request(self, method: str, path: str, body=None, headers: dict | None = None, token: bool = True):
+        """Make one HTTP request; return (status, headers, body bytes)."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        hdrs = dict(headers or {})
+        if token:
+            hdrs.setdefault("Authorization", f"Bearer {self.token}")
+        if isinstance(body, (dict, list)):
+            body = json.dumps(body).encode()
+            hdrs.setdefault("Content-Type", "application/json")
+        conn.request(method, path, body=body, headers=hdrs)
+        response = conn.getresponse()
+        data = response.read()
+        conn.close()
+        return response.status, dict(response.getheaders()), data
+
+    def json(self, method: str, path: str, body=None, **kwargs):
+        status, _, data = self.request(method, path, body, **kwargs)
+        return status, (json.loads(data) if data else None)
+
+    def docker_env(self, config_dir: Path) -> dict:
+        """Environment for the real docker CLI: our host, and our token in config.json's HttpHeaders."""
+        config_dir.mkdir(parents=True, exist_ok=True)
+        (config_dir / "config.json").write_text(json.dumps({"HttpHeaders": {"Authorization": f"Bearer {self.token}"}}))
+        env = os.environ.copy()
+        env.update({"DOCKER_HOST": f"tcp://127.0.0.1:{self.port}", "DOCKER_CONFIG": str(config_dir)})
+        env.pop("DOCKER_TLS_VERIFY", None)
+        env.pop("DOCKER_CERT_PATH", None)
+        return env
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name} ---\n{p.tail()}" for p in self.processes)
+
+
+def start_live_server(logdir: Path) -> LiveServer:
+    """Migrate, create the admin and a token, then start a Celery worker and Daphne.
+
+    The worker listens on the node queue, exactly as `make run` starts it.
+    """
+    env = os.environ.copy()
+    env.update({"DJANGO_SETTINGS_MODULE": "project.settings", "BERTH_ADMIN_USER": ADMIN_USER,
+                "BERTH_ADMIN_PASSWORD": ADMIN_PASSWORD})
+    manage("migrate", "--no-input", "-v0", env=env)
+    manage("ensureadmin", env=env)
+    token = manage("createtoken", ADMIN_USER, env=env).strip().splitlines()[-1]
+    node = env["BERTH_NODE"]
+    worker = start("worker", [str(VENV_BIN / "celery"), "-A", "project", "worker", "-Q", f"node.{node}",
+                              "-n", f"berth@{node}", "--concurrency", "2", "--loglevel", "INFO"], logdir, env)
+    port = free_port()
+    daphne = start("daphne", [str(VENV_BIN / "daphne"), "-b", "127.0.0.1", "-p", str(port),
+                              "project.asgi:application"], logdir, env)
+    server = LiveServer(url=f"http://127.0.0.1:{port}", port=port, token=token, processes=[worker, daphne])
+    wait_for(lambda: server.request("GET", "/_ping", token=False)[0] == 401, 30, "daphne", daphne.popen)
+    return server

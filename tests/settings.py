@@ -1,0 +1,28 @@
+"""Settings for the test suite: Berth's own settings, pointed at a private data dir, engine root and Redis.
+
+The environment is set before project.settings is read, so the processes the live fixtures start
+(Daphne, the Celery worker, manage.py) inherit the same private places.
+"""
+
+import os
+import socket
+import tempfile
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+if "BERTH_TEST_DIR" not in os.environ:
+    os.environ["BERTH_TEST_DIR"] = tempfile.mkdtemp(prefix="berth-test-")
+    os.environ["BERTH_DATA_DIR"] = os.path.join(os.environ["BERTH_TEST_DIR"], "var")
+    os.environ["RUNTIME_ROOT"] = os.path.join(os.environ["BERTH_TEST_DIR"], "runtime")
+    os.environ["RUNTIME_RUN_ROOT"] = os.path.join(os.environ["BERTH_TEST_DIR"], "run")
+    os.environ["REDIS_URL"] = f"redis://127.0.0.1:{_free_port()}/0"
+    os.environ["BERTH_NODE"] = "testnode"
+    # Playwright's sync API runs an event loop in the test thread; tests never touch the ORM there.
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+
+from project.settings import *  # noqa: E402,F401,F403
