@@ -315,7 +315,7 @@ class _BlobServer(http.server.ThreadingHTTPServer):
 
 def _serve(handler_class):
     server = _BlobServer(("127.0.0.1", 0), handler_class)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     return server
 
