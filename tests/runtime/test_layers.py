@@ -233,3 +233,10 @@ def test_get_remove_and_clean_staging(layers):
     assert not layers.exists(DIFF_ID)
     assert layers.list() == []
     assert os.listdir(layers.layers_dir) == []
+
+
+def test_diff_id_covers_padding_after_the_end_of_archive(layers):
+    padded = TAR + b"\0" * 40960  # Some writers pad well past tarfile's read-ahead.
+    diff_id = sha256_digest(padded)
+    layer = layers.apply(Stream(gzip.compress(padded)), chain_id=diff_id, parent=None, expected_diff_id=diff_id)
+    assert layer.diff_id == diff_id
