@@ -44,6 +44,24 @@ def auth_registry(tmp_path_factory) -> RegistryServer:
 
 
 @pytest.fixture(scope="session")
+def token_registry(tmp_path_factory):
+    """A running docker-registry that wants Bearer tokens from a local TokenAuthority (`.authority`).
+
+    The authority grants AUTH_CREDENTIALS every action asked for, and anonymous clients pull only.
+    """
+    pytest.importorskip("cryptography", reason="the token realm signs JWTs with cryptography")
+    from tests.support.registry import TokenAuthority
+
+    workdir = str(tmp_path_factory.mktemp("token-registry"))
+    authority = TokenAuthority(workdir, AUTH_CREDENTIALS)
+    server = start_registry(workdir, token_authority=authority)
+    server.authority = authority
+    yield server
+    server.stop()
+    authority.stop()
+
+
+@pytest.fixture(scope="session")
 def busybox_image(registry, tmp_path_factory) -> BuiltImage:
     """The busybox image, pushed as <registry>/library/busybox:latest (by skopeo) and :1.36 (by Berth)."""
     work = tmp_path_factory.mktemp("busybox")

@@ -305,6 +305,32 @@ def test_it_refuses_bad_or_missing_credentials(auth_registry):
 
 
 #
+# Bearer tokens (docker-registry "token" auth, with a local token realm)
+#
+
+
+def test_it_pushes_and_pulls_with_bearer_tokens(token_registry, busybox_image):
+    client = token_registry.client()
+    client.ping()
+    push_image(client, "private/busybox", busybox_image, "latest")
+    data, _, digest = client.get_manifest("private/busybox", "latest")
+    assert digest == busybox_image.manifest_digest
+    scopes = [r["query"].get("scope") for r in token_registry.authority.requests]
+    assert ["repository:private/busybox:pull,push"] in scopes
+    assert all(r["query"]["service"] == ["berth-test-registry"] for r in token_registry.authority.requests)
+    # Anonymous: the realm grants pull only, so reading works and pushing is refused.
+    anonymous = RegistryClient(token_registry.host)
+    assert anonymous.get_manifest("private/busybox", "latest")[2] == digest
+    with pytest.raises(Unauthorized, match="refused anonymous access"):
+        anonymous.put_manifest("private/busybox", "other", data, busybox_image.manifest_media_type)
+
+
+def test_it_refuses_bad_credentials_at_the_token_realm(token_registry):
+    with pytest.raises(Unauthorized, match="token server .* refused user 'berth'"):
+        RegistryClient(token_registry.host, credentials=("berth", "wrong")).get_manifest("private/busybox", "latest")
+
+
+#
 # What docker-registry cannot do: a connection broken mid-blob, a redirect to storage elsewhere
 #
 

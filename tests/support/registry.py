@@ -112,21 +112,26 @@ def make_htpasswd(username: str, password: str) -> str:
 
 
 def start_registry(workdir: str, credentials: tuple[str, str] | None = None,
-                   timeout: float = 15.0) -> RegistryServer:
+                   token_authority: "TokenAuthority | None" = None, timeout: float = 15.0) -> RegistryServer:
     """Start docker-registry on a free loopback port, storing under `workdir`; wait until /v2/ answers.
 
-    With `credentials`, the registry requires them by htpasswd Basic auth.
+    With `credentials`, the registry requires them by htpasswd Basic auth. With `token_authority`, it
+    wants Bearer tokens from that realm instead (the credentials are then the authority's).
     """
     os.makedirs(workdir, exist_ok=True)
     port = free_port()
     storage = os.path.join(workdir, "storage")
     os.makedirs(storage, exist_ok=True)
     auth = ""
-    if credentials:
+    if credentials and token_authority is None:
         htpasswd = os.path.join(workdir, "htpasswd")
         with open(htpasswd, "w") as f:
             f.write(make_htpasswd(*credentials))
         auth = f"auth:\n  htpasswd:\n    realm: berth-test\n    path: {htpasswd}\n"
+    if token_authority is not None:
+        credentials = token_authority.credentials
+        auth = (f"auth:\n  token:\n    realm: {token_authority.realm}\n    service: {token_authority.service}\n"
+                f"    issuer: {token_authority.issuer}\n    rootcertbundle: {token_authority.cert_path}\n")
     config = (
         "version: 0.1\n"
         "log:\n  level: warn\n  accesslog:\n    disabled: true\n"
@@ -462,3 +467,117 @@ def skopeo_push(source: str, destination: str, credentials: tuple[str, str] | No
                                 env={**os.environ, "TMPDIR": tmp})
     if result.returncode != 0:
         raise RuntimeError(f"skopeo copy {source} failed: {result.stderr.strip()}")
+
+
+#
+# A token server for docker-registry's "token" auth (it has none of its own)
+#
+
+
+class TokenAuthority:
+    """A Docker token-auth realm: signs ES256 JWTs that docker-registry checks against its certificate.
+
+    Grants every requested repository action to `credentials`, and pull only to anonymous clients.
+    Needs the `cryptography` package (present in the venv through pyOpenSSL; tests importorskip it).
+    """
+
+    service = "berth-test-registry"
+    issuer = "berth-test-token-issuer"
+
+    def __init__(self, workdir: str, credentials: tuple[str, str]):
+        import datetime
+        import http.server
+        import threading
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        self.credentials = credentials
+        self.requests: list[dict] = []
+        self._key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, self.issuer)])
+        now = datetime.datetime.now(datetime.timezone.utc)
+        cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+                .public_key(self._key.public_key()).serial_number(x509.random_serial_number())
+                .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=1))
+                .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                .sign(self._key, hashes.SHA256()))
+        self._cert_der = cert.public_bytes(serialization.Encoding.DER)
+        os.makedirs(workdir, exist_ok=True)
+        self.cert_path = os.path.join(workdir, "token-cert.pem")
+        with open(self.cert_path, "wb") as f:
+            f.write(cert.public_bytes(serialization.Encoding.PEM))
+
+        authority = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                authority._handle(self)
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True).start()
+
+    @property
+    def realm(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}/token"
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def _handle(self, request) -> None:
+        import base64
+        import urllib.parse
+
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(request.path).query)
+        auth = request.headers.get("Authorization") or ""
+        self.requests.append({"query": query, "authorization": auth})
+        user = None
+        if auth.startswith("Basic "):
+            user, _, password = base64.b64decode(auth[6:]).decode().partition(":")
+            if (user, password) != tuple(self.credentials):
+                self._answer(request, 401, {"details": "incorrect username or password"})
+                return
+        access = []
+        for scope in query.get("scope", []):
+            kind, _, rest = scope.partition(":")
+            name, _, actions = rest.rpartition(":")
+            granted = actions.split(",") if user else [a for a in actions.split(",") if a == "pull"]
+            if granted:
+                access.append({"type": kind, "name": name, "actions": granted})
+        self._answer(request, 200, {"token": self._sign(user or "", access), "expires_in": 300})
+
+    def _sign(self, subject: str, access: list) -> str:
+        import base64
+        import time as _time
+        import uuid
+
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+        def b64(data: bytes) -> str:
+            return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+        now = int(_time.time())
+        header = {"typ": "JWT", "alg": "ES256", "x5c": [base64.b64encode(self._cert_der).decode()]}
+        claims = {"iss": self.issuer, "sub": subject, "aud": self.service, "exp": now + 300, "nbf": now - 10,
+                  "iat": now, "jti": uuid.uuid4().hex, "access": access}
+        signing_input = b64(json.dumps(header).encode()) + "." + b64(json.dumps(claims).encode())
+        r, s = decode_dss_signature(self._key.sign(signing_input.encode(), ec.ECDSA(hashes.SHA256())))
+        return signing_input + "." + b64(r.to_bytes(32, "big") + s.to_bytes(32, "big"))
+
+    @staticmethod
+    def _answer(request, status: int, doc: dict) -> None:
+        body = json.dumps(doc).encode()
+        request.send_response(status)
+        request.send_header("Content-Type", "application/json")
+        request.send_header("Content-Length", str(len(body)))
+        request.end_headers()
+        request.wfile.write(body)
