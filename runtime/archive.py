@@ -316,13 +316,16 @@ class _Applier:
         target = tuple(_split_name(member.linkname, what=f"entry {name!r} links to"))
         if not target or target == key or target not in self.linkable:
             raise UnsafeArchive(
-                f"entry {name!r} is a hardlink to {member.linkname!r}, which is not an earlier entry of this layer"
+                f"entry {name!r} is a hardlink to {member.linkname!r}, "
+                "which is not an earlier entry of this layer"
             )
         target_fd = self._open_dir(list(target[:-1]), name, create=False)
         try:
             os.link(target[-1], leaf, src_dir_fd=target_fd, dst_dir_fd=parent_fd, follow_symlinks=False)
         except FileNotFoundError:
-            raise UnsafeArchive(f"entry {name!r}: hardlink target {member.linkname!r} does not exist") from None
+            raise UnsafeArchive(
+                f"entry {name!r}: hardlink target {member.linkname!r} does not exist"
+            ) from None
         finally:
             os.close(target_fd)
         self.stats.hardlinks += 1

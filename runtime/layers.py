@@ -247,10 +247,14 @@ class LayerStore:
             progress(compressed.size)
 
         if digest is not None and compressed.digest() != digest:
-            raise DigestMismatch(f"layer {chain_id}: unexpected digest {compressed.digest()}, expected {digest}")
+            raise DigestMismatch(
+                f"layer {chain_id}: unexpected digest {compressed.digest()}, expected {digest}"
+            )
         diff_id = uncompressed.digest()
         if diff_id != expected_diff_id:
-            raise DigestMismatch(f"layer {chain_id}: unexpected diff_id {diff_id}, expected {expected_diff_id}")
+            raise DigestMismatch(
+                f"layer {chain_id}: unexpected diff_id {diff_id}, expected {expected_diff_id}"
+            )
 
         layer = Layer(
             chain_id=chain_id,
