@@ -113,7 +113,7 @@ class RegistryClient:
                  body: bytes | None = None, follow_redirects: bool = True) -> transport.Response:
         """Send an authorised request: on 401 learn the challenge and retry once. Caller closes."""
         url = path_or_url if "://" in path_or_url else self.base_url + path_or_url
-        same_host = transport._origin(url) == transport._origin(self.base_url)
+        same_host = transport.origin(url) == transport.origin(self.base_url)
         headers = dict(headers or {})
         sent = self.auth.authorization(scopes) if same_host else None
         for attempt in range(2):
@@ -521,7 +521,7 @@ class RegistryClient:
             if not match:
                 return
             url = urllib.parse.urljoin(url, match.group(1))
-            if transport._origin(url) != transport._origin(self.base_url):
+            if transport.origin(url) != transport.origin(self.base_url):
                 raise RegistryError(f"registry {self.registry} paginates {what} to another host")
 
     def search(self, term: str, limit: int = 25) -> list[SearchResult]:

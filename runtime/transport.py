@@ -138,7 +138,7 @@ def request(
     """
     headers = dict(headers or {})
     headers.setdefault("User-Agent", USER_AGENT)
-    origin = _origin(url)
+    origin = origin(url)
     for _ in range(MAX_REDIRECTS + 1):
         response = _send(method, url, headers, body, timeout, allow_http, ssl_context)
         if not (follow_redirects and method in ("GET", "HEAD") and response.status in _REDIRECT_STATUSES):
@@ -150,14 +150,15 @@ def request(
         target = urllib.parse.urljoin(url, location)
         if urllib.parse.urlsplit(url).scheme == "https" and urllib.parse.urlsplit(target).scheme != "https":
             raise RegistryError(f"refusing redirect from {url} to insecure {_redact(target)}", response.status)
-        if _origin(target) != origin:
+        if origin(target) != origin:
             # Blob storage (S3, a CDN) gets a signed URL, never the registry's credentials.
             headers.pop("Authorization", None)
         url = target
     raise RegistryError(f"too many redirects (over {MAX_REDIRECTS}) starting from {method} {_redact(url)}")
 
 
-def _origin(url: str) -> tuple[str, str]:
+def origin(url: str) -> tuple[str, str]:
+    """Return (scheme, host:port) of a URL: requests to another origin get no credentials."""
     parts = urllib.parse.urlsplit(url)
     return parts.scheme, parts.netloc.lower()
 
