@@ -138,7 +138,7 @@ def request(
     """
     headers = dict(headers or {})
     headers.setdefault("User-Agent", USER_AGENT)
-    origin = origin(url)
+    first_origin = origin(url)
     for _ in range(MAX_REDIRECTS + 1):
         response = _send(method, url, headers, body, timeout, allow_http, ssl_context)
         if not (follow_redirects and method in ("GET", "HEAD") and response.status in _REDIRECT_STATUSES):
@@ -150,7 +150,7 @@ def request(
         target = urllib.parse.urljoin(url, location)
         if urllib.parse.urlsplit(url).scheme == "https" and urllib.parse.urlsplit(target).scheme != "https":
             raise RegistryError(f"refusing redirect from {url} to insecure {_redact(target)}", response.status)
-        if origin(target) != origin:
+        if origin(target) != first_origin:
             # Blob storage (S3, a CDN) gets a signed URL, never the registry's credentials.
             headers.pop("Authorization", None)
         url = target
