@@ -1,4 +1,4 @@
-"""Fixtures shared by the whole suite: the live stack and a real browser."""
+"""Fixtures shared by the whole suite: the live stack, a real browser, a real registry with test images."""
 
 import os
 from pathlib import Path
@@ -6,6 +6,21 @@ from pathlib import Path
 import pytest
 
 from tests import live
+from tests.support.registry import (
+    BuiltImage,
+    BuiltIndex,
+    Dir,
+    File,
+    RegistryServer,
+    build_busybox_image,
+    build_image,
+    build_index,
+    busybox_layer,
+    host_architecture,
+    skopeo_push,
+    start_registry,
+    write_skopeo_dir,
+)
 
 
 @pytest.fixture(scope="session")
@@ -66,3 +81,107 @@ def logged_in_page(page, berth):
     page.click("button[type=submit]")
     page.wait_for_url(berth.url + "/")
     return page
+
+
+#
+# A real docker-registry on loopback, and test images built offline from busybox-static
+#
+
+AUTH_CREDENTIALS = ("berth", "s3cret-test")
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory) -> RegistryServer:
+    """A running docker-registry without auth: `.host` is "127.0.0.1:<port>", `.push(...)` pushes."""
+    server = start_registry(str(tmp_path_factory.mktemp("registry")))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def auth_registry(tmp_path_factory) -> RegistryServer:
+    """A running docker-registry that requires Basic auth with AUTH_CREDENTIALS (`.credentials`)."""
+    server = start_registry(str(tmp_path_factory.mktemp("auth-registry")), credentials=AUTH_CREDENTIALS)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def token_registry(tmp_path_factory):
+    """A running docker-registry that wants Bearer tokens from a local TokenAuthority (`.authority`).
+
+    The authority grants AUTH_CREDENTIALS every action asked for, and anonymous clients pull only.
+    """
+    pytest.importorskip("cryptography", reason="the token realm signs JWTs with cryptography")
+    from tests.support.registry import TokenAuthority
+
+    workdir = str(tmp_path_factory.mktemp("token-registry"))
+    authority = TokenAuthority(workdir, AUTH_CREDENTIALS)
+    server = start_registry(workdir, token_authority=authority)
+    server.authority = authority
+    yield server
+    server.stop()
+    authority.stop()
+
+
+@pytest.fixture(scope="session")
+def busybox_image(registry, tmp_path_factory) -> BuiltImage:
+    """The busybox image, pushed as <registry>/library/busybox:latest (by skopeo) and :1.36 (by Berth)."""
+    work = tmp_path_factory.mktemp("busybox")
+    image = build_busybox_image(str(work / "layout"), "latest")
+    skopeo_push("dir:" + write_skopeo_dir(image, str(work / "dir")), f"{registry.host}/library/busybox:latest")
+    registry.push(image, "library/busybox", "1.36")
+    image.references = [f"{registry.host}/library/busybox:latest", f"{registry.host}/library/busybox:1.36"]
+    return image
+
+
+@pytest.fixture(scope="session")
+def multilayer_image(registry, tmp_path_factory) -> BuiltImage:
+    """Three layers pushed as <registry>/test/multilayer:latest.
+
+    1. busybox; 2. adds /data/a.txt, /data/b.txt, /etc/motd and /opq/x.txt;
+    3. deletes /data/a.txt (whiteout), empties /opq (opaque whiteout) then adds /opq/y.txt and /data/c.txt.
+    """
+    work = tmp_path_factory.mktemp("multilayer")
+    layers = [
+        busybox_layer(),
+        {"data": Dir(), "data/a.txt": b"a\n", "data/b.txt": b"b\n", "etc/motd": b"hello from layer 2\n",
+         "opq": Dir(), "opq/x.txt": b"x\n"},
+        {"data": Dir(), "data/.wh.a.txt": b"", "data/c.txt": File(b"c\n", 0o600),
+         "opq": Dir(), "opq/.wh..wh..opq": b"", "opq/y.txt": b"y\n"},
+    ]
+    image = build_image(str(work / "layout"), "latest", layers,
+                        history=["busybox", "add /data and /opq", "rm /data/a.txt, replace /opq"])
+    registry.push(image, "test/multilayer", "latest")
+    image.references = [f"{registry.host}/test/multilayer:latest"]
+    return image
+
+
+@pytest.fixture(scope="session")
+def multiarch_image(registry, tmp_path_factory) -> BuiltIndex:
+    """An OCI index with linux/amd64 and linux/arm64/v8 images, pushed as <registry>/test/multiarch:latest.
+
+    Each image has a marker layer with /etc/berth-arch holding its architecture; the host's one also
+    has the busybox layer below, so it runs.
+    """
+    layout = str(tmp_path_factory.mktemp("multiarch") / "layout")
+    images = []
+    for arch, variant in (("amd64", None), ("arm64", "v8")):
+        marker = {"etc": Dir(), "etc/berth-arch": f"{arch}\n".encode()}
+        layers = [busybox_layer(), marker] if arch == host_architecture() else [marker]
+        images.append(build_image(layout, f"latest-{arch}", layers, architecture=arch, variant=variant,
+                                  oci=True, write_index=False))
+    index = build_index(layout, "latest", images, oci=True)
+    registry.push_index(index, "test/multiarch", "latest")
+    index.references = [f"{registry.host}/test/multiarch:latest"]
+    return index
+
+
+@pytest.fixture
+def client(registry):
+    """A fresh RegistryClient for the plain registry."""
+    return registry.client()
+
+
+def pytest_report_header(config):
+    return f"docker-registry: {'found' if os.path.exists('/usr/bin/docker-registry') else 'MISSING'}"
