@@ -178,7 +178,7 @@ def multiarch_image(registry, tmp_path_factory) -> BuiltIndex:
 
 
 @pytest.fixture
-def client(registry):
+def registry_client(registry):
     """A fresh RegistryClient for the plain registry."""
     return registry.client()
 

@@ -65,17 +65,17 @@ def test_it_talks_to_registry_1_for_docker_hub():
     assert client.base_url == "https://registry-1.docker.io" and client.is_docker_hub
 
 
-def test_it_refuses_bad_names(client):
+def test_it_refuses_bad_names(registry_client):
     with pytest.raises(InvalidArgument, match="invalid repository name"):
-        client.get_manifest("../etc", "latest")
+        registry_client.get_manifest("../etc", "latest")
     with pytest.raises(InvalidArgument, match="invalid tag"):
-        client.get_manifest("library/busybox", "bad/tag")
+        registry_client.get_manifest("library/busybox", "bad/tag")
     with pytest.raises(InvalidArgument, match="reference"):
-        client.get_manifest("library/busybox", "sha256:1234")
+        registry_client.get_manifest("library/busybox", "sha256:1234")
 
 
-def test_it_pings(client):
-    client.ping()
+def test_it_pings(registry_client):
+    registry_client.ping()
 
 
 def test_it_reports_an_unreachable_registry():
@@ -88,9 +88,9 @@ def test_it_reports_an_unreachable_registry():
 #
 
 
-def test_it_gets_a_manifest_by_tag(client, busybox_image):
+def test_it_gets_a_manifest_by_tag(registry_client, busybox_image):
     for tag in ("latest", "1.36"):
-        data, media_type, digest = client.get_manifest("library/busybox", tag)
+        data, media_type, digest = registry_client.get_manifest("library/busybox", tag)
         assert data == busybox_image.manifest
         assert media_type == m.MEDIA_TYPE_DOCKER_MANIFEST
         assert digest == busybox_image.manifest_digest
@@ -98,46 +98,46 @@ def test_it_gets_a_manifest_by_tag(client, busybox_image):
     assert parsed.config.digest == busybox_image.config_descriptor.digest
 
 
-def test_it_gets_a_manifest_by_digest(client, busybox_image):
-    data, _, digest = client.get_manifest("library/busybox", busybox_image.manifest_digest)
+def test_it_gets_a_manifest_by_digest(registry_client, busybox_image):
+    data, _, digest = registry_client.get_manifest("library/busybox", busybox_image.manifest_digest)
     assert data == busybox_image.manifest and digest == busybox_image.manifest_digest
 
 
-def test_it_says_manifest_unknown_on_404(client, busybox_image):
+def test_it_says_manifest_unknown_on_404(registry_client, busybox_image):
     with pytest.raises(NotFound, match=r"manifest unknown.*library/busybox:nope") as info:
-        client.get_manifest("library/busybox", "nope")
+        registry_client.get_manifest("library/busybox", "nope")
     assert isinstance(info.value, RegistryNotFound) and info.value.status == 404
     with pytest.raises(NotFound, match="unknown"):
-        client.get_manifest("no/such-repo", "latest")
+        registry_client.get_manifest("no/such-repo", "latest")
 
 
-def test_it_selects_a_platform_from_an_index(client, multiarch_image):
-    data, media_type, digest = client.get_manifest("test/multiarch", "latest")
+def test_it_selects_a_platform_from_an_index(registry_client, multiarch_image):
+    data, media_type, digest = registry_client.get_manifest("test/multiarch", "latest")
     assert media_type == m.MEDIA_TYPE_OCI_INDEX and digest == multiarch_image.index_digest
     index = m.parse_manifest(data, media_type)
     for arch in ("amd64", "arm64"):
         entry = m.select_platform(index, arch=arch)
-        data, media_type, digest = client.get_manifest("test/multiarch", entry.digest)
+        data, media_type, digest = registry_client.get_manifest("test/multiarch", entry.digest)
         image = m.parse_manifest(data, media_type)
         assert media_type == m.MEDIA_TYPE_OCI_MANIFEST and digest == entry.digest
         writer = MemoryWriter()
-        client.fetch_blob("test/multiarch", image.config, writer)
+        registry_client.fetch_blob("test/multiarch", image.config, writer)
         assert json.loads(writer.getvalue())["architecture"] == arch
     host_entry = m.select_platform(index)
     assert host_entry.platform.architecture == m.host_platform()[1]
 
 
-def test_it_detects_a_manifest_that_does_not_match_its_digest(registry, client):
+def test_it_detects_a_manifest_that_does_not_match_its_digest(registry, registry_client):
     # Push a manifest, then corrupt it in the registry's storage (same size, other bytes).
-    config = _push_blob(client, "test/corrupt-manifest", b'{"architecture":"amd64","os":"linux"}')
+    config = _push_blob(registry_client, "test/corrupt-manifest", b'{"architecture":"amd64","os":"linux"}')
     manifest = m.Manifest(config=m.Descriptor(m.MEDIA_TYPE_OCI_CONFIG, config.digest, config.size), layers=(),
                           media_type=m.MEDIA_TYPE_OCI_MANIFEST, annotations={"note": "aaaa"}).to_json()
-    digest = client.put_manifest("test/corrupt-manifest", "v1", manifest, m.MEDIA_TYPE_OCI_MANIFEST)
+    digest = registry_client.put_manifest("test/corrupt-manifest", "v1", manifest, m.MEDIA_TYPE_OCI_MANIFEST)
     path = _blob_data_path(registry, digest)
     with open(path, "r+b") as f:
         f.write(manifest.replace(b"aaaa", b"bbbb"))
     with pytest.raises(DigestMismatch, match="registry sent content with digest"):
-        client.get_manifest("test/corrupt-manifest", digest)
+        registry_client.get_manifest("test/corrupt-manifest", digest)
 
 
 #
@@ -145,51 +145,51 @@ def test_it_detects_a_manifest_that_does_not_match_its_digest(registry, client):
 #
 
 
-def test_it_fetches_a_blob_and_verifies_its_digest(client, busybox_image):
+def test_it_fetches_a_blob_and_verifies_its_digest(registry_client, busybox_image):
     descriptor, data = busybox_image.layers[0]
     writer = MemoryWriter()
     seen = []
-    client.fetch_blob("library/busybox", descriptor, writer, progress=lambda done, total: seen.append((done, total)))
+    registry_client.fetch_blob("library/busybox", descriptor, writer, progress=lambda done, total: seen.append((done, total)))
     assert writer.getvalue() == data
     assert hashlib.sha256(writer.getvalue()).hexdigest() == descriptor.digest.split(":")[1]
     assert seen[-1] == (descriptor.size, descriptor.size) and len(seen) > 1
 
 
-def test_it_resumes_a_fetch_from_an_offset(client, busybox_image):
+def test_it_resumes_a_fetch_from_an_offset(registry_client, busybox_image):
     descriptor, data = busybox_image.layers[0]
     writer = MemoryWriter(data[:1000])
-    client.fetch_blob("library/busybox", descriptor, writer)
+    registry_client.fetch_blob("library/busybox", descriptor, writer)
     assert writer.getvalue() == data
 
 
-def test_it_does_nothing_for_a_complete_writer(client, busybox_image):
+def test_it_does_nothing_for_a_complete_writer(registry_client, busybox_image):
     descriptor, data = busybox_image.layers[0]
     writer = MemoryWriter(data)
-    client.fetch_blob("library/busybox", descriptor, writer)
+    registry_client.fetch_blob("library/busybox", descriptor, writer)
     assert writer.getvalue() == data
 
 
-def test_it_detects_a_blob_that_does_not_match_its_digest(registry, client):
-    descriptor = _push_blob(client, "test/corrupt-blob", os.urandom(5000))
+def test_it_detects_a_blob_that_does_not_match_its_digest(registry, registry_client):
+    descriptor = _push_blob(registry_client, "test/corrupt-blob", os.urandom(5000))
     with open(_blob_data_path(registry, descriptor.digest), "r+b") as f:
         f.write(b"corrupted")
     with pytest.raises(DigestMismatch, match="downloaded content has digest"):
-        client.fetch_blob("test/corrupt-blob", descriptor, MemoryWriter())
+        registry_client.fetch_blob("test/corrupt-blob", descriptor, MemoryWriter())
 
 
-def test_it_never_reads_beyond_the_declared_size(client, busybox_image):
+def test_it_never_reads_beyond_the_declared_size(registry_client, busybox_image):
     descriptor, data = busybox_image.layers[0]
     short = m.Descriptor(descriptor.media_type, descriptor.digest, 1000)
     writer = MemoryWriter()
     with pytest.raises(DigestMismatch, match="more than the size 1000"):
-        client.fetch_blob("library/busybox", short, writer)
+        registry_client.fetch_blob("library/busybox", short, writer)
     assert writer.offset == 0
 
 
-def test_it_says_blob_unknown_on_404(client, busybox_image):
+def test_it_says_blob_unknown_on_404(registry_client, busybox_image):
     missing = m.Descriptor(m.MEDIA_TYPE_OCI_LAYER, "sha256:" + "0" * 64, 10)
     with pytest.raises(NotFound, match="blob unknown"):
-        client.fetch_blob("library/busybox", missing, MemoryWriter())
+        registry_client.fetch_blob("library/busybox", missing, MemoryWriter())
 
 
 #
@@ -197,58 +197,58 @@ def test_it_says_blob_unknown_on_404(client, busybox_image):
 #
 
 
-def test_it_checks_existence_and_mounts_across_repositories(client, busybox_image):
+def test_it_checks_existence_and_mounts_across_repositories(registry_client, busybox_image):
     descriptor, _ = busybox_image.layers[0]
-    assert client.blob_exists("library/busybox", descriptor.digest)
-    assert not client.blob_exists("test/mounted", descriptor.digest)
-    assert client.mount_blob("test/mounted", descriptor.digest, "library/busybox") is True
-    assert client.blob_exists("test/mounted", descriptor.digest)
+    assert registry_client.blob_exists("library/busybox", descriptor.digest)
+    assert not registry_client.blob_exists("test/mounted", descriptor.digest)
+    assert registry_client.mount_blob("test/mounted", descriptor.digest, "library/busybox") is True
+    assert registry_client.blob_exists("test/mounted", descriptor.digest)
     # A blob the source does not have: no mount, and the caller uploads instead.
-    assert client.mount_blob("test/mounted", "sha256:" + "1" * 64, "library/busybox") is False
+    assert registry_client.mount_blob("test/mounted", "sha256:" + "1" * 64, "library/busybox") is False
 
 
-def test_it_uploads_in_one_put_and_in_chunks(client):
+def test_it_uploads_in_one_put_and_in_chunks(registry_client):
     small = os.urandom(3000)
     big = os.urandom(2500)
     small_digest, big_digest = sha256(small), sha256(big)
-    client.upload_blob("test/upload", small_digest, len(small), io.BytesIO(small))
-    client.upload_blob("test/upload", big_digest, len(big), io.BytesIO(big), chunk_size=1000)
+    registry_client.upload_blob("test/upload", small_digest, len(small), io.BytesIO(small))
+    registry_client.upload_blob("test/upload", big_digest, len(big), io.BytesIO(big), chunk_size=1000)
     for digest, data in ((small_digest, small), (big_digest, big)):
         writer = MemoryWriter()
-        client.fetch_blob("test/upload", m.Descriptor(m.MEDIA_TYPE_OCI_LAYER, digest, len(data)), writer)
+        registry_client.fetch_blob("test/upload", m.Descriptor(m.MEDIA_TYPE_OCI_LAYER, digest, len(data)), writer)
         assert writer.getvalue() == data
 
 
-def test_it_refuses_to_upload_content_with_another_digest(client):
+def test_it_refuses_to_upload_content_with_another_digest(registry_client):
     data = os.urandom(100)
     wrong = "sha256:" + "2" * 64
     with pytest.raises(DigestMismatch):
-        client.upload_blob("test/upload", wrong, len(data), io.BytesIO(data))
+        registry_client.upload_blob("test/upload", wrong, len(data), io.BytesIO(data))
     with pytest.raises(DigestMismatch, match="short"):
-        client.upload_blob("test/upload", sha256(data), len(data) + 5, io.BytesIO(data))
-    assert not client.blob_exists("test/upload", wrong)
+        registry_client.upload_blob("test/upload", sha256(data), len(data) + 5, io.BytesIO(data))
+    assert not registry_client.blob_exists("test/upload", wrong)
 
 
-def test_it_pushes_then_pulls_back_the_same_image(client, multilayer_image, tmp_path):
-    pushed = push_image(client, "test/roundtrip", multilayer_image, "v1")
+def test_it_pushes_then_pulls_back_the_same_image(registry_client, multilayer_image, tmp_path):
+    pushed = push_image(registry_client, "test/roundtrip", multilayer_image, "v1")
     assert pushed == multilayer_image.manifest_digest
-    data, media_type, digest = client.get_manifest("test/roundtrip", "v1")
+    data, media_type, digest = registry_client.get_manifest("test/roundtrip", "v1")
     assert (data, digest) == (multilayer_image.manifest, multilayer_image.manifest_digest)
     parsed = m.parse_manifest(data, media_type)
     assert len(parsed.layers) == 3
     pulled = {}
     for descriptor in (parsed.config,) + parsed.layers:
         writer = MemoryWriter()
-        client.fetch_blob("test/roundtrip", descriptor, writer)
+        registry_client.fetch_blob("test/roundtrip", descriptor, writer)
         pulled[descriptor.digest] = writer.getvalue()
     assert pulled == multilayer_image.blobs()
-    assert client.tags("test/roundtrip") == ["v1"]
+    assert registry_client.tags("test/roundtrip") == ["v1"]
 
 
-def test_it_refuses_a_manifest_whose_blobs_are_missing(client, tmp_path):
+def test_it_refuses_a_manifest_whose_blobs_are_missing(registry_client, tmp_path):
     image = build_image(str(tmp_path), "x", [{"x": b"x"}], write_index=False)
     with pytest.raises(RegistryError, match="blob unknown") as info:
-        client.put_manifest("test/incomplete", "v1", image.manifest, image.manifest_media_type)
+        registry_client.put_manifest("test/incomplete", "v1", image.manifest, image.manifest_media_type)
     assert info.value.status == 400
 
 
@@ -257,30 +257,30 @@ def test_it_refuses_a_manifest_whose_blobs_are_missing(client, tmp_path):
 #
 
 
-def test_it_lists_tags_catalog_and_searches(client, busybox_image, multilayer_image, multiarch_image):
-    assert sorted(client.tags("library/busybox")) == ["1.36", "latest"]
-    catalog = client.catalog()
+def test_it_lists_tags_catalog_and_searches(registry_client, busybox_image, multilayer_image, multiarch_image):
+    assert sorted(registry_client.tags("library/busybox")) == ["1.36", "latest"]
+    catalog = registry_client.catalog()
     assert {"library/busybox", "test/multilayer", "test/multiarch"} <= set(catalog)
     assert catalog == sorted(catalog)
     # Pagination: n=1 per page, followed through Link headers until n is reached.
-    assert len(client.catalog(n=2)) == 2
-    results = client.search("multi", limit=10)
+    assert len(registry_client.catalog(n=2)) == 2
+    results = registry_client.search("multi", limit=10)
     assert {r.name for r in results} >= {"test/multilayer", "test/multiarch"}
     assert all("multi" in r.name for r in results)
-    assert len(client.search("multi", limit=1)) == 1
+    assert len(registry_client.search("multi", limit=1)) == 1
 
 
-def test_it_paginates_the_catalog(client, busybox_image, multilayer_image):
+def test_it_paginates_the_catalog(registry_client, busybox_image, multilayer_image):
     client_pages = []
-    original = client._pages
+    original = registry_client._pages
 
     def spy(path, scopes, what):
         for page in original(path, scopes, what):
             client_pages.append(page)
             yield page
 
-    client._pages = spy
-    names = client.catalog(n=1)
+    registry_client._pages = spy
+    names = registry_client.catalog(n=1)
     assert len(names) == 1 and len(client_pages) == 1
 
 
