@@ -89,6 +89,22 @@ APP = {"app/run": b"#!/bin/sh\necho app\n"}
 MANIFEST_DIGEST = sha256_digest(b"a manifest")
 
 
+class Pipe:
+    """A non-seekable stream: read() or write() only, as a socket or an HTTP body is."""
+
+    def __init__(self, data: bytes = b""):
+        self._buf = io.BytesIO(data)
+
+    def read(self, n=-1):
+        return self._buf.read(n)
+
+    def write(self, data):
+        return self._buf.write(data)
+
+    def getvalue(self):
+        return self._buf.getvalue()
+
+
 def blob_count(env) -> int:
     return len(list(env.store.blobs()))
 
@@ -129,6 +145,15 @@ def test_it_says_no_such_image_as_docker_does(env):
         env.images.get("sha256:" + "0" * 64)
     with pytest.raises(InvalidArgument):
         env.images.resolve("Not A Reference")
+
+
+def test_an_image_pulled_by_digest_has_a_digest_reference_and_no_tag(env):
+    record = env.add([BASE], f"busybox@{MANIFEST_DIGEST}")
+    assert record.repo_tags == [] and record.repo_digests == [f"busybox@{MANIFEST_DIGEST}"]
+    assert env.images.resolve(f"docker.io/library/busybox@{MANIFEST_DIGEST}").id == record.id
+    assert [r.id for r in env.images.list(dangling=True)] == [record.id]
+    assert env.images.untag(f"busybox@{MANIFEST_DIGEST}") == f"busybox@{MANIFEST_DIGEST}"
+    assert env.images.get(record.id).repo_digests == []
 
 
 def test_it_adds_the_same_image_twice_as_one(env):
@@ -436,7 +461,7 @@ def test_save_then_load_into_a_fresh_root_gives_the_same_image(env, tmp_path):
     base = env.add([BASE], "busybox:1.36")
     env.images.tag(base.id, "busybox:latest")
     app = env.add([BASE, APP], "team/app:v2")
-    out = io.BytesIO()
+    out = Pipe()
     env.images.save(["busybox", "team/app:v2"], out)
     files = read_archive(out.getvalue())
 
@@ -453,7 +478,7 @@ def test_save_then_load_into_a_fresh_root_gives_the_same_image(env, tmp_path):
     assert json.loads(files["repositories"])["busybox"]["latest"] == base.diff_ids[-1].hex
 
     fresh = Env(tmp_path / "fresh")
-    lines = fresh.images.load(io.BytesIO(out.getvalue()))
+    lines = fresh.images.load(Pipe(out.getvalue()))
     assert sorted(lines) == ["Loaded image: busybox:1.36", "Loaded image: busybox:latest",
                              "Loaded image: team/app:v2"]
     assert fresh.images.resolve("busybox:latest").id == base.id
