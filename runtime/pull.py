@@ -1,0 +1,303 @@
+"""Pull an image: registry -> blob store -> unpacked layers -> image record (no database here).
+
+The flow follows containerd's content-flow: resolve the reference to a manifest (choosing this
+host's platform from an index), fetch the config, then fetch every layer. Each layer is downloaded
+and unpacked at the same time: the bytes from the registry are written to the blob store's ingest
+and, through a pipe, to ``LayerStore.apply`` in another thread, so a layer is ready the moment its
+last byte arrives. Layers are handled in parallel (``MAX_PARALLEL`` at a time).
+
+Two pulls of the same layer at once (in one process or several) download it once: the first takes
+the layer's lock, the second waits ("Waiting") and then finds the layer present.
+
+Progress is reported as Docker's JSON messages (the stream ``POST /images/create`` answers), so
+the Docker API streams them as they are and the job log shows what the docker CLI shows.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Callable
+
+from .digest import Digest, sha256_digest
+from .errors import AlreadyExists, Cancelled, DigestMismatch, InvalidArgument, NotFound
+from .images import ImageRecord, ImageStore
+from .layers import Layer, LayerStore, chain_ids
+from .manifest import Descriptor, Index, Manifest, parse_manifest, select_platform
+from .reference import Reference
+from .registry import RegistryClient
+from .store import Store
+
+MAX_PARALLEL = 4
+MAX_CONFIG_SIZE = 8 << 20
+PROGRESS_INTERVAL = 0.1  # seconds between two "Downloading" messages of one layer
+
+Progress = Callable[[dict], None]
+
+
+def short_id(digest: str) -> str:
+    """The 12 hex characters Docker shows for a layer or image."""
+    return Digest(digest).hex[:12]
+
+
+def human_size(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.3g}{unit}" if unit != "B" else f"{int(n)}B"
+        n /= 1000
+    return f"{n}B"
+
+
+def progress_bar(current: int, total: int) -> str:
+    """Docker's progress text, e.g. ``[=====>      ]  1.2MB/2.5MB``."""
+    width = 50
+    filled = int(width * current / total) if total else width
+    arrow = "=" * max(filled - 1, 0) + (">" if filled < width else "=")
+    return f"[{arrow.ljust(width)}] {human_size(current):>8}/{human_size(total)}"
+
+
+class _BytesWriter:
+    """A BlobWriter for small blobs (the config) kept in memory."""
+
+    def __init__(self):
+        self.chunks: list[bytes] = []
+        self.offset = 0
+
+    def write(self, data: bytes):
+        self.chunks.append(data)
+        self.offset += len(data)
+
+    def value(self) -> bytes:
+        return b"".join(self.chunks)
+
+
+class _TeeWriter:
+    """Writes each chunk to the blob ingest and to the pipe that feeds the layer's unpacking."""
+
+    def __init__(self, ingest, pipe):
+        self.ingest = ingest
+        self.pipe = pipe
+
+    @property
+    def offset(self) -> int:
+        return self.ingest.offset
+
+    def write(self, data: bytes):
+        self.ingest.write(data)
+        self.pipe.write(data)
+
+
+class Puller:
+    """Pulls images into one engine's store. Holds no state between pulls."""
+
+    def __init__(self, root: str, store: Store, layers: LayerStore, images: ImageStore):
+        self.root = root
+        self.store = store
+        self.layers = layers
+        self.images = images
+        self.locks_dir = os.path.join(root, "locks")
+        os.makedirs(self.locks_dir, mode=0o700, exist_ok=True)
+
+    @contextmanager
+    def _layer_lock(self, chain_id: str, on_wait: Callable[[], None]):
+        """Hold the lock of one layer (across processes); call ``on_wait`` if someone else has it."""
+        fd = os.open(os.path.join(self.locks_dir, f"layer-{Digest(chain_id).hex}"),
+                     os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                on_wait()
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def pull(self, client: RegistryClient, ref: Reference, *, progress: Progress | None = None,
+             cancelled: Callable[[], bool] | None = None) -> ImageRecord:
+        """Pull ``ref`` from ``client``'s registry; return the image record.
+
+        1. Fetch the manifest by tag or digest; from an index, choose this host's platform.
+        2. Fetch and verify the config; compute each layer's chain id from its diff_ids.
+        3. Fetch and unpack the layers in parallel, skipping those already present.
+        4. Record the image and tag it (``ImageStore.add``).
+        Raises NotFound, RegistryError, Unauthorized, DigestMismatch, UnsafeArchive or Cancelled;
+        a failed pull leaves no image record and no half-applied layer.
+        """
+        emit = progress or (lambda event: None)
+        is_cancelled = cancelled or (lambda: False)
+        tag_or_digest = ref.digest or ref.tag
+        emit({"status": f"Pulling from {ref.repository}", "id": tag_or_digest})
+
+        # 1. Manifest.
+        data, media_type, top_digest = client.get_manifest(ref.repository, ref.digest or ref.tag)
+        parsed = parse_manifest(data, media_type)
+        if isinstance(parsed, Index):
+            chosen = select_platform(parsed)
+            data, media_type, _ = client.get_manifest(ref.repository, chosen.digest)
+            parsed = parse_manifest(data, media_type)
+            if not isinstance(parsed, Manifest):
+                raise InvalidArgument(f"{ref.familiar}: the index points at another index")
+        manifest: Manifest = parsed
+
+        # 2. Config.
+        config_bytes = self._fetch_config(client, ref, manifest.config)
+        config = json.loads(config_bytes)
+        diff_ids = [Digest.parse(d) for d in (config.get("rootfs") or {}).get("diff_ids") or []]
+        descriptors = [d for d in manifest.layers if not d.is_foreign]
+        if len(diff_ids) != len(descriptors):
+            raise InvalidArgument(
+                f"{ref.familiar}: the config lists {len(diff_ids)} layers, the manifest {len(descriptors)}"
+            )
+        chains = chain_ids(diff_ids)
+        existing = self._existing_image(manifest.config.digest)
+        if existing is not None and all(self.layers.exists(c) for c in chains):
+            record = self.images.add(config_bytes, [self.layers.get(c) for c in chains],
+                                     layer_descriptors=[d.to_dict() for d in descriptors],
+                                     manifest_digest=top_digest, reference=ref)
+            emit({"status": f"Digest: {top_digest}"})
+            emit({"status": f"Status: Image is up to date for {ref.familiar}"})
+            return record
+
+        # 3. Layers, in parallel. The first failure stops the other downloads at their next chunk.
+        for d in descriptors:
+            emit({"status": "Pulling fs layer", "progressDetail": {}, "id": short_id(d.digest)})
+        parents = [None, *chains[:-1]]
+        failed = threading.Event()
+
+        def stop() -> bool:
+            return failed.is_set() or is_cancelled()
+
+        def pull_one(d, chain, parent, diff_id):
+            try:
+                return self._pull_layer(client, ref, d, chain, parent, diff_id, emit, stop)
+            except BaseException:
+                failed.set()
+                raise
+
+        with ThreadPoolExecutor(max_workers=MAX_PARALLEL, thread_name_prefix="pull") as pool:
+            futures = [pool.submit(pull_one, *args) for args in zip(descriptors, chains, parents, diff_ids)]
+        errors = [f.exception() for f in futures if f.exception() is not None]
+        if errors:
+            # Report the cause, not the Cancelled of the layers it stopped.
+            raise next((e for e in errors if not isinstance(e, Cancelled)), errors[0])
+        layers = [f.result() for f in futures]
+
+        # 4. Record.
+        record = self.images.add(config_bytes, layers, layer_descriptors=[d.to_dict() for d in descriptors],
+                                 manifest_digest=top_digest, reference=ref)
+        emit({"status": f"Digest: {top_digest}"})
+        emit({"status": f"Status: Downloaded newer image for {ref.familiar}"})
+        return record
+
+    def _existing_image(self, config_digest: str) -> ImageRecord | None:
+        try:
+            return self.images.get(config_digest)
+        except NotFound:
+            return None
+
+    def _fetch_config(self, client: RegistryClient, ref: Reference, descriptor: Descriptor) -> bytes:
+        """Return the verified config blob (from the store when we have it)."""
+        if descriptor.size > MAX_CONFIG_SIZE:
+            raise InvalidArgument(f"{ref.familiar}: config of {descriptor.size} bytes is too large")
+        if self.store.has_blob(descriptor.digest):
+            return self.store.read_blob(descriptor.digest, MAX_CONFIG_SIZE)
+        writer = _BytesWriter()
+        client.fetch_blob(ref.repository, descriptor, writer)
+        data = writer.value()
+        if sha256_digest(data) != descriptor.digest:
+            raise DigestMismatch(f"config {descriptor.digest} of {ref.familiar}: content does not match")
+        try:
+            self.store.write_blob(data, descriptor.digest)
+        except AlreadyExists:
+            pass
+        return data
+
+    def _pull_layer(self, client, ref, descriptor: Descriptor, chain_id, parent, diff_id, emit, is_cancelled) -> Layer:
+        """Make sure one layer is unpacked: already there, from a stored blob, or downloaded."""
+        sid = short_id(descriptor.digest)
+        if self.layers.exists(chain_id):
+            emit({"status": "Already exists", "progressDetail": {}, "id": sid})
+            return self.layers.get(chain_id)
+        with self._layer_lock(chain_id, lambda: emit({"status": "Waiting", "progressDetail": {}, "id": sid})):
+            if self.layers.exists(chain_id):
+                emit({"status": "Already exists", "progressDetail": {}, "id": sid})
+                return self.layers.get(chain_id)
+            if is_cancelled():
+                raise Cancelled(f"pull of {ref.familiar} cancelled")
+            if not self.store.has_blob(descriptor.digest):
+                self._download_and_apply(client, ref, descriptor, chain_id, parent, diff_id, emit, is_cancelled)
+            if not self.layers.exists(chain_id):
+                emit({"status": "Extracting", "progressDetail": {}, "id": sid})
+                with self.store.open_blob(descriptor.digest) as blob:
+                    self.layers.apply(blob, chain_id=chain_id, parent=parent, expected_diff_id=diff_id,
+                                      digest=descriptor.digest)
+            emit({"status": "Pull complete", "progressDetail": {}, "id": sid})
+            return self.layers.get(chain_id)
+
+    def _download_and_apply(self, client, ref, descriptor, chain_id, parent, diff_id, emit, is_cancelled):
+        """Download a layer blob into the store while unpacking it, in a second thread, from a pipe."""
+        sid = short_id(descriptor.digest)
+        try:
+            ingest = self.store.ingest(descriptor.digest, descriptor.size, key=descriptor.digest)
+        except AlreadyExists:
+            return
+        read_fd, write_fd = os.pipe()
+        reader = os.fdopen(read_fd, "rb")
+        writer = os.fdopen(write_fd, "wb", buffering=0)
+        outcome: dict = {}
+
+        def unpack():
+            try:
+                outcome["layer"] = self.layers.apply(reader, chain_id=chain_id, parent=parent,
+                                                     expected_diff_id=diff_id, digest=descriptor.digest)
+            except BaseException as exc:
+                outcome["error"] = exc
+            finally:
+                # Closing our end makes the downloader's next write fail (EPIPE) instead of blocking.
+                reader.close()
+
+        thread = threading.Thread(target=unpack, name=f"unpack-{sid}", daemon=True)
+        thread.start()
+        last = [0.0]
+
+        def on_progress(done: int, total: int):
+            if is_cancelled():
+                raise Cancelled(f"pull of {ref.familiar} cancelled")
+            now = time.monotonic()
+            if now - last[0] >= PROGRESS_INTERVAL or done == total:
+                last[0] = now
+                emit({"status": "Downloading", "progressDetail": {"current": done, "total": total},
+                      "progress": progress_bar(done, total), "id": sid})
+
+        try:
+            with ingest:
+                # Bytes kept from an interrupted download go to the unpacker first.
+                if ingest.offset:
+                    with open(ingest.data_path, "rb") as partial:
+                        remaining = ingest.offset
+                        while remaining and (chunk := partial.read(min(1 << 20, remaining))):
+                            writer.write(chunk)
+                            remaining -= len(chunk)
+                try:
+                    client.fetch_blob(ref.repository, descriptor, _TeeWriter(ingest, writer), on_progress)
+                except BrokenPipeError:
+                    pass  # the unpacker stopped: its error is the one to report
+                writer.close()
+                thread.join()
+                if "error" in outcome:
+                    raise outcome["error"]
+                emit({"status": "Download complete", "progressDetail": {}, "id": sid})
+                try:
+                    ingest.commit()
+                except AlreadyExists:
+                    pass
+        finally:
+            if not writer.closed:
+                writer.close()
+            thread.join()
