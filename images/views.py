@@ -1,8 +1,106 @@
-"""Pages of the images app."""
+"""Pages of the images app: list, detail, pull, tag, remove. Views parse, authorise, call a service."""
 
-from django.shortcuts import render
+import json
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import permission_required
+from django.db.models import Q
+from django.http import Http404
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_POST
+
+from project.engine import get_engine
+from runtime.errors import EngineError, NotFound
+
+from . import services
+from .forms import PullForm, TagForm
+from .models import Image
 
 
 def image_list(request):
-    """The images on this node."""
-    return render(request, "images/image_list.html", {"images": []})
+    """``docker images``: filter by name (substring) and dangling."""
+    images = Image.objects.filter(node=settings.NODE_NAME).prefetch_related("tags").select_related("job")
+    q = request.GET.get("q", "").strip()
+    if q:
+        images = images.filter(Q(tags__name__icontains=q) | Q(digest__icontains=q)).distinct()
+    dangling = request.GET.get("dangling")
+    if dangling == "true":
+        images = images.filter(tags__isnull=True)
+    elif dangling == "false":
+        images = images.filter(tags__isnull=False).distinct()
+    rows = []
+    for image in images:
+        tags = list(image.tags.all()) or [None]
+        for tag in tags:
+            rows.append({"image": image, "tag": tag})
+    return render(request, "images/image_list.html", {"rows": rows, "q": q, "dangling": dangling,
+                                                      "pull_form": PullForm()})
+
+
+def _get_image(name: str) -> Image:
+    """The image row for a short id, full id or name; 404 when the engine does not know it."""
+    try:
+        record = get_engine().images.resolve(name)
+    except (NotFound, EngineError):
+        raise Http404(f"no such image: {name}") from None
+    image = Image.objects.filter(digest=record.id).first()
+    if image is None:
+        image = services.sync_image(record)
+    return image
+
+
+def image_detail(request, name: str):
+    """An image: tags, layers, history, inspect JSON, and the actions."""
+    image = _get_image(name)
+    engine = get_engine()
+    inspect = engine.images.inspect(image.digest)
+    history = engine.images.history(image.digest)
+    layers = image.image_layers.select_related("layer").order_by("-position")
+    return render(request, "images/image_detail.html", {
+        "image": image, "tags": image.tags.all(), "layers": layers, "history": history,
+        "inspect_json": json.dumps(inspect, indent=2), "tag_form": TagForm(),
+    })
+
+
+@require_POST
+@permission_required("images.add_image", raise_exception=True)
+def image_pull(request):
+    form = PullForm(request.POST)
+    if not form.is_valid():
+        for error in form.errors.get("reference", []):
+            messages.error(request, f"Cannot pull: {error}")
+        return redirect("images:image_list")
+    job = services.request_pull(form.cleaned_data["reference"], request.user, request)
+    messages.success(request, f"Queued job #{job.pk} to pull {job.target}")
+    return redirect("job_detail", job.pk)
+
+
+@require_POST
+@permission_required("images.change_image", raise_exception=True)
+def image_tag(request, name: str):
+    image = _get_image(name)
+    form = TagForm(request.POST)
+    if form.is_valid():
+        try:
+            services.tag_image(image.digest, form.cleaned_data["target"], request.user, request)
+            messages.success(request, f"Tagged {image.short_id} as {form.cleaned_data['target']}")
+        except EngineError as e:
+            messages.error(request, f"Cannot tag: {e}")
+    else:
+        messages.error(request, f"Cannot tag: {form.errors['target'][0]}")
+    return redirect("images:image_detail", image.short_id)
+
+
+@require_POST
+@permission_required("images.delete_image", raise_exception=True)
+def image_remove(request, name: str):
+    """``docker rmi [-f] NAME``: by tag it untags (and deletes when it was the last tag)."""
+    force = request.POST.get("force") == "on"
+    try:
+        answer = services.remove_image(name, force=force, user=request.user, request=request)
+    except EngineError as e:
+        messages.error(request, f"Cannot remove {name}: {e}")
+        return redirect(request.POST.get("next") or "images:image_list")
+    messages.success(request, "; ".join(f"{k} {v}" for entry in answer for k, v in entry.items()))
+    return redirect("images:image_list")

@@ -1,12 +1,14 @@
 """Websocket consumers of the project app: the live event stream and job logs."""
 
 import asyncio
+from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from . import realtime
 from .health import health
+from .choices import TERMINAL_JOB_STATES
 from .models import Job
 
 HEALTH_INTERVAL = 5.0
@@ -59,6 +61,18 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
         self.group = f"job_{self.job_id}"
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
+        # Replay what happened since the page was rendered (?after=<last seq it shows>).
+        query = parse_qs(self.scope.get("query_string", b"").decode())
+        after = int((query.get("after") or ["0"])[0] or 0)
+        for event in await database_sync_to_async(self.events_after)(after):
+            await self.send_json(event)
+
+    def events_after(self, after: int) -> list[dict]:
+        job = Job.objects.get(pk=self.job_id)
+        events = [{"type": "job.event", "job": job.pk, "seq": e.seq, **e.data} for e in job.events.filter(seq__gt=after)]
+        if job.status in TERMINAL_JOB_STATES:
+            events.append({"type": "job.state", "job": job.pk, "status": job.status, "error": job.error})
+        return events
 
     async def disconnect(self, code):
         if hasattr(self, "group"):

@@ -31,3 +31,16 @@ def system_info() -> dict:
     facts["images_on_disk"] = info.count_entries(config.path("images"), ".json")
     facts["containers_on_disk"] = info.count_entries(config.path("containers"))
     return facts
+
+
+_engine = None
+
+
+def get_engine():
+    """This process's Engine (runtime.engine.Engine), built once from settings."""
+    global _engine
+    if _engine is None:
+        from runtime.engine import Engine
+
+        _engine = Engine(runtime_config())
+    return _engine

@@ -134,6 +134,13 @@ class JobEvent(models.Model):
     def __str__(self) -> str:
         return f"job {self.job_id} #{self.seq}"
 
+    @property
+    def text(self) -> str:
+        """The log line: an error, a message or a Docker status, with the layer id it is about."""
+        data = self.data
+        line = data.get("error") or data.get("message") or data.get("status") or data.get("stream") or ""
+        return f"{line} [{data['id']}]" if data.get("id") else line
+
 
 class AuditEvent(models.Model):
     """Who did what to which object, when, and how it ended."""

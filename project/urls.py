@@ -17,6 +17,7 @@ urlpatterns = [
     path("api/jobs/<int:pk>/", api.job_detail, name="api_job_detail"),
     path("jobs/", views.job_list, name="job_list"),
     path("jobs/<int:pk>/", views.job_detail, name="job_detail"),
+    path("jobs/<int:pk>/cancel/", views.job_cancel, name="job_cancel"),
     path("images/", include("images.urls")),
     path("containers/", include("containers.urls")),
     # The Docker Engine API: versioned, and unversioned for the first calls of a client.

@@ -4,7 +4,7 @@ from django.contrib import messages
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from . import audit
+from . import audit, jobs
 from .engine import system_info
 from .dockerapi.system import engine_counts
 from .forms import ApiTokenForm
@@ -58,3 +58,17 @@ def job_detail(request, pk: int):
     """One job with its whole log; new events arrive live over /ws/jobs/<pk>."""
     job = get_object_or_404(Job.objects.select_related("user"), pk=pk)
     return render(request, "project/job_detail.html", {"job": job, "events": job.events.all()})
+
+
+@require_POST
+def job_cancel(request, pk: int):
+    """Cancel a pending or running job (operators and admins)."""
+    job = get_object_or_404(Job, pk=pk)
+    if not request.user.has_perm("project.cancel_job"):
+        messages.error(request, "You may not cancel jobs.")
+    elif jobs.request_cancel(job):
+        audit.record(request, "job.cancel", job)
+        messages.success(request, f"Cancelling job #{job.pk}.")
+    else:
+        messages.error(request, f"Job #{job.pk} has already ended.")
+    return redirect("job_detail", job.pk)

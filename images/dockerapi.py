@@ -1,0 +1,144 @@
+"""The images part of the Docker Engine API: create (pull), list, inspect, history, tag, rmi, prune, search."""
+
+import base64
+import json
+
+from django.http import HttpResponse, StreamingHttpResponse
+
+from project.dockerapi.base import ApiError, docker_endpoint, json_response, require_perm
+from project.dockerapi.streams import job_stream
+from project.engine import get_engine
+from runtime.errors import InvalidArgument
+
+from . import services
+
+
+def query_bool(request, name: str) -> bool:
+    return request.GET.get(name, "").lower() in ("1", "true", "yes")
+
+
+def query_filters(request) -> dict:
+    """Docker's ``filters`` parameter: JSON of {name: [values]} (or {name: {value: true}})."""
+    raw = request.GET.get("filters")
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        raise ApiError(f"invalid filters: {raw}") from None
+    if not isinstance(value, dict):
+        raise ApiError(f"invalid filters: {raw}")
+    return {k: (list(v) if isinstance(v, (dict, list)) else [v]) for k, v in value.items()}
+
+
+def registry_auth(request) -> tuple[str, str] | None:
+    """Credentials from the X-Registry-Auth header the docker CLI sends (base64url JSON)."""
+    header = request.headers.get("X-Registry-Auth")
+    if not header:
+        return None
+    try:
+        padded = header + "=" * (-len(header) % 4)
+        data = json.loads(base64.urlsafe_b64decode(padded))
+    except ValueError:
+        return None
+    if isinstance(data, dict) and data.get("username"):
+        return data["username"], data.get("password", "")
+    return None
+
+
+@docker_endpoint("POST")
+def image_create(request):
+    """``POST /images/create?fromImage=busybox&tag=latest``: pull, streaming Docker's progress JSON."""
+    require_perm(request, "images.add_image")
+    from_image = request.GET.get("fromImage", "")
+    if request.GET.get("fromSrc"):
+        raise ApiError("import (fromSrc) is not supported yet", 501)
+    if not from_image:
+        raise ApiError("fromImage is required")
+    tag = request.GET.get("tag", "")
+    reference = from_image
+    if tag:
+        reference += ("@" if tag.startswith("sha256:") else ":") + tag
+    job = services.request_pull(reference, request.user, request, credentials=registry_auth(request))
+    response = StreamingHttpResponse(job_stream(job.pk), content_type="application/json")
+    response["X-Berth-Job"] = str(job.pk)
+    return response
+
+
+@docker_endpoint("GET")
+def image_list(request):
+    """``GET /images/json``: one summary per image, filtered by dangling and reference."""
+    filters = query_filters(request)
+    dangling = None
+    if "dangling" in filters:
+        dangling = filters["dangling"][0] in (True, "true", "1")
+    references = filters.get("reference") or [None]
+    images = get_engine().images
+    seen, answer = set(), []
+    for pattern in references:
+        for record in images.list(dangling=dangling, reference_filter=pattern):
+            if record.id not in seen:
+                seen.add(record.id)
+                answer.append(images.summary(record))
+    answer.sort(key=lambda s: s["Created"], reverse=True)
+    return json_response(answer)
+
+
+@docker_endpoint("GET")
+def image_inspect(request, name: str):
+    return json_response(get_engine().images.inspect(name))
+
+
+@docker_endpoint("GET")
+def image_history(request, name: str):
+    return json_response(get_engine().images.history(name))
+
+
+@docker_endpoint("POST")
+def image_tag(request, name: str):
+    """``POST /images/{name}/tag?repo=&tag=`` -> 201."""
+    require_perm(request, "images.change_image")
+    repo = request.GET.get("repo", "")
+    if not repo:
+        raise ApiError("repository name (repo) is required")
+    target = repo + (":" + request.GET["tag"] if request.GET.get("tag") else "")
+    services.tag_image(name, target, request.user, request)
+    return HttpResponse(status=201)
+
+
+@docker_endpoint("DELETE")
+def image_delete(request, name: str):
+    require_perm(request, "images.delete_image")
+    return json_response(services.remove_image(name, force=query_bool(request, "force"), user=request.user,
+                                               request=request))
+
+
+@docker_endpoint("POST")
+def image_prune(request):
+    require_perm(request, "images.delete_image")
+    filters = query_filters(request)
+    dangling = filters.get("dangling", ["true"])[0] in (True, "true", "1")
+    return json_response(services.prune_images(all=not dangling, request=request))
+
+
+@docker_endpoint("GET")
+def image_search(request):
+    """``GET /images/search?term=``: Docker Hub's search, or the catalog of a registry named in the term."""
+    term = request.GET.get("term", "")
+    if not term:
+        raise ApiError("term is required")
+    try:
+        limit = int(request.GET.get("limit") or 25)
+    except ValueError:
+        raise ApiError("limit must be a number") from None
+    results = get_engine().search(term, limit=limit, credentials=registry_auth(request))
+    filters = query_filters(request)
+    stars = int(filters.get("stars", [0])[0] or 0)
+    official = filters.get("is-official", [None])[0]
+    answer = [
+        {"name": r.name, "description": r.description, "star_count": r.star_count,
+         "is_official": r.is_official, "is_automated": r.is_automated}
+        for r in results
+        if r.star_count >= stars and (official is None or r.is_official == (official in (True, "true")))
+    ]
+    return json_response(answer)

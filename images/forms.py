@@ -1,0 +1,35 @@
+"""Forms of the images app."""
+
+from django import forms
+
+from runtime.errors import InvalidArgument
+from runtime.reference import parse_reference
+
+
+class ReferenceField(forms.CharField):
+    """An image reference, checked with Docker's grammar (the message says what is wrong)."""
+
+    def clean(self, value):
+        value = super().clean(value).strip()
+        try:
+            parse_reference(value)
+        except InvalidArgument as e:
+            raise forms.ValidationError(str(e)) from None
+        return value
+
+
+class PullForm(forms.Form):
+    reference = ReferenceField(max_length=512, label="Image",
+                               widget=forms.TextInput(attrs={"placeholder": "busybox:latest or 127.0.0.1:5000/team/app:v2"}))
+
+
+class TagForm(forms.Form):
+    target = ReferenceField(max_length=512, label="New name",
+                            widget=forms.TextInput(attrs={"placeholder": "myrepo/app:v1"}))
+
+
+class RegistryForm(forms.Form):
+    host = forms.CharField(max_length=255, widget=forms.TextInput(attrs={"placeholder": "127.0.0.1:5000"}))
+    username = forms.CharField(max_length=255, required=False)
+    password = forms.CharField(max_length=1024, required=False, widget=forms.PasswordInput)
+    insecure = forms.BooleanField(required=False, label="Plain HTTP")

@@ -1,0 +1,53 @@
+"""Celery tasks of the images app: thin shells that call services (Baserow's run_async_job)."""
+
+from celery import shared_task
+
+from project import nodes
+from project.engine import get_engine
+
+from . import services
+
+
+@shared_task
+def pull_image(job_id: int, credentials: list[str] | None = None) -> None:
+    services.pull_image(job_id, credentials)
+
+
+@shared_task
+def tag_image(source: str, target: str) -> dict:
+    def run():
+        record = get_engine().images.tag(source, target)
+        services.sync_image(record)
+        return {"image": record.id, "tag": target}
+
+    return nodes.wrap_result(run)
+
+
+@shared_task
+def remove_image(name: str, force: bool) -> dict:
+    def run():
+        engine = get_engine()
+        answer = engine.images.remove(name, force=force, in_use=services.image_in_use,
+                                      layer_in_use=services.layer_in_use)
+        deleted = [entry["Deleted"] for entry in answer if "Deleted" in entry]
+        services.forget_images(deleted)
+        # Untagged only: the image stays, with fewer tags.
+        services.reconcile_images()
+        return answer
+
+    return nodes.wrap_result(run)
+
+
+@shared_task
+def prune_images(all: bool) -> dict:
+    def run():
+        answer = get_engine().images.prune(all=all, in_use=services.image_in_use)
+        services.reconcile_images()
+        return answer
+
+    return nodes.wrap_result(run)
+
+
+@shared_task
+def reconcile_images() -> dict:
+    return services.reconcile_images()

@@ -1,0 +1,74 @@
+"""Streaming a job's events as the Docker API's JSON-lines answer (pull, push, load, build).
+
+The stream joins the job's Channels group first, then replays the log already in the database,
+then follows live events; every few seconds it looks at the database too, so an event lost by the
+channel layer is still sent, and the stream ends when the job does.
+"""
+
+import asyncio
+import json
+import logging
+
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+
+from ..choices import TERMINAL_JOB_STATES
+from ..models import Job
+
+logger = logging.getLogger(__name__)
+
+POLL_INTERVAL = 2.0
+INTERNAL_KEYS = ("type", "job", "seq", "current", "total", "kind", "target")
+
+
+def docker_message(event: dict) -> dict:
+    """A job event without Berth's own keys: what dockerd would have sent."""
+    return {k: v for k, v in event.items() if k not in INTERNAL_KEYS}
+
+
+@database_sync_to_async
+def _events_after(job_id: int, seq: int):
+    job = Job.objects.get(pk=job_id)
+    events = list(job.events.filter(seq__gt=seq).values_list("seq", "data"))
+    return events, job.status, job.error
+
+
+def _line(message: dict) -> bytes:
+    return (json.dumps(message) + "\r\n").encode()
+
+
+async def job_stream(job_id: int, *, cancel_on_disconnect: bool = True):
+    """Yield a job's events as JSON lines until it ends."""
+    layer = get_channel_layer()
+    channel = await layer.new_channel()
+    group = f"job_{job_id}"
+    await layer.group_add(group, channel)
+    last_seq = 0
+    finished = False
+    try:
+        while True:
+            events, status, error = await _events_after(job_id, last_seq)
+            for seq, data in events:
+                last_seq = seq
+                yield _line(docker_message(data))
+            if status in TERMINAL_JOB_STATES:
+                finished = True
+                return
+            try:
+                message = await asyncio.wait_for(layer.receive(channel), POLL_INTERVAL)
+            except asyncio.TimeoutError:
+                continue
+            event = message.get("event", {})
+            if event.get("type") == "job.progress":
+                yield _line(docker_message(event))
+            # job.event and job.state: the loop reads them from the database, in order.
+    except (asyncio.CancelledError, GeneratorExit):
+        if cancel_on_disconnect and not finished:
+            # The client went away (Ctrl-C on `docker pull`): stop the job as dockerd does.
+            from ..jobs import request_cancel
+
+            job = await database_sync_to_async(Job.objects.get)(pk=job_id)
+            await database_sync_to_async(request_cancel)(job)
+        raise
+    finally:
+        await layer.group_discard(group, channel)

@@ -1,0 +1,170 @@
+"""Running a Job: its state changes, its log, its live events and its cancellation.
+
+A task does ``with JobRun(job_id) as run: ... run.emit(event) ...``; JobRun marks the job running,
+records every event (progress ones only live, and as the job's latest progress), and marks it
+succeeded, failed or cancelled when the block ends (Baserow's run_async_job, NetBox's JobRunner).
+
+Events published to the ``job_<pk>`` and ``events`` groups:
+- ``{"type": "job.event", "job": pk, "seq": n, ...message}``: a log line (kept as a JobEvent);
+- ``{"type": "job.progress", "job": pk, "id": ..., "current": c, "total": t, ...message}``: live only;
+- ``{"type": "job.state", "job": pk, "status": ..., "error": ...}``: a state change.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from django.utils import timezone
+
+from runtime.errors import Cancelled
+
+from . import realtime
+from .choices import JobStatusChoices, TERMINAL_JOB_STATES
+from .models import Job, JobEvent
+
+logger = logging.getLogger(__name__)
+
+CANCEL_POLL_INTERVAL = 0.5
+PROGRESS_SAVE_INTERVAL = 1.0
+
+
+def create_job(kind: str, target: str, user=None, **params) -> Job:
+    """Create a pending job; the caller enqueues its task (after commit)."""
+    from django.conf import settings
+
+    job = Job.objects.create(kind=kind, target=target, user=user if user and user.is_authenticated else None,
+                             node=settings.NODE_NAME, params=params)
+    realtime.publish_on_commit(realtime.EVENTS_GROUP, state_event(job))
+    return job
+
+
+def state_event(job: Job) -> dict:
+    return {"type": "job.state", "job": job.pk, "kind": job.kind, "target": job.target,
+            "status": job.status, "error": job.error}
+
+
+def request_cancel(job: Job) -> bool:
+    """Ask a pending or running job to stop. A pending job is cancelled at once.
+
+    Returns False when the job had already ended.
+    """
+    # Claim with a conditional UPDATE: the worker may be finishing it at this very moment.
+    if Job.objects.filter(pk=job.pk, status=JobStatusChoices.PENDING).update(
+        status=JobStatusChoices.CANCELLED, cancel_requested=True, finished_at=timezone.now(),
+        error="cancelled before it started",
+    ):
+        job.refresh_from_db()
+        _publish_state(job)
+        return True
+    updated = Job.objects.filter(pk=job.pk, status=JobStatusChoices.RUNNING).update(cancel_requested=True)
+    job.refresh_from_db()
+    return bool(updated)
+
+
+def _publish_state(job: Job) -> None:
+    event = state_event(job)
+    realtime.publish(job.group_name, event)
+    realtime.publish(realtime.EVENTS_GROUP, event)
+
+
+class JobRun:
+    """The running side of a job. Thread-safe: pulls emit from several threads."""
+
+    def __init__(self, job_id: int):
+        self.job = Job.objects.get(pk=job_id)
+        self._lock = threading.Lock()
+        self._seq = self.job.events.count()
+        self._cancel_checked = 0.0
+        self._cancelled = False
+        self._progress_saved = 0.0
+
+    @property
+    def skip(self) -> bool:
+        """True when the job must not run (cancelled before it started, or already ended)."""
+        return self.job.status in TERMINAL_JOB_STATES
+
+    def __enter__(self) -> "JobRun":
+        if self.skip:
+            return self
+        claimed = Job.objects.filter(pk=self.job.pk, status=JobStatusChoices.PENDING).update(
+            status=JobStatusChoices.RUNNING, started_at=timezone.now())
+        self.job.refresh_from_db()
+        if claimed:
+            _publish_state(self.job)
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if self.skip and exc is None:
+            return False
+        if exc is None:
+            self.finish(JobStatusChoices.SUCCEEDED)
+        elif isinstance(exc, Cancelled):
+            self.emit({"status": "cancelled", "message": str(exc)})
+            self.finish(JobStatusChoices.CANCELLED, error=str(exc))
+        else:
+            message = str(exc) or exc.__class__.__name__
+            self.emit({"error": message, "errorDetail": {"message": message}})
+            self.finish(JobStatusChoices.FAILED, error=message)
+            if not _is_expected(exc):
+                logger.exception("job %s failed", self.job.pk, exc_info=(exc_type, exc, tb))
+        # An expected failure is recorded, not raised: the task itself succeeded in recording it.
+        return _is_expected(exc) or isinstance(exc, Cancelled)
+
+    def finish(self, status: str, error: str = "", result: dict | None = None) -> None:
+        self.job.status = status
+        self.job.error = error
+        self.job.finished_at = timezone.now()
+        if result is not None:
+            self.job.result = result
+        self.job.save(update_fields=("status", "error", "finished_at", "result", "progress"))
+        _publish_state(self.job)
+
+    def set_result(self, result: dict) -> None:
+        self.job.result = result
+        Job.objects.filter(pk=self.job.pk).update(result=result)
+
+    def cancelled(self) -> bool:
+        """True once somebody asked to cancel (read from the database at most twice a second)."""
+        if self._cancelled:
+            return True
+        now = time.monotonic()
+        if now - self._cancel_checked >= CANCEL_POLL_INTERVAL:
+            self._cancel_checked = now
+            self._cancelled = Job.objects.filter(pk=self.job.pk, cancel_requested=True).exists()
+        return self._cancelled
+
+    def emit(self, message: dict) -> None:
+        """Record and publish one event (a Docker-style JSON message: status, id, progressDetail...)."""
+        detail = message.get("progressDetail") or {}
+        if detail.get("total"):
+            self._progress(message, detail)
+            return
+        with self._lock:
+            self._seq += 1
+            seq = self._seq
+            JobEvent.objects.create(job_id=self.job.pk, seq=seq, data=message)
+        event = {"type": "job.event", "job": self.job.pk, "seq": seq, **message}
+        realtime.publish(self.job.group_name, event)
+
+    def _progress(self, message: dict, detail: dict) -> None:
+        key = message.get("id") or "-"
+        event = {"type": "job.progress", "job": self.job.pk, "current": detail.get("current", 0),
+                 "total": detail["total"], **message}
+        realtime.publish(self.job.group_name, event)
+        realtime.publish(realtime.EVENTS_GROUP, event)
+        with self._lock:
+            self.job.progress[key] = {"current": detail.get("current", 0), "total": detail["total"],
+                                      "status": message.get("status", "")}
+            now = time.monotonic()
+            if now - self._progress_saved >= PROGRESS_SAVE_INTERVAL:
+                self._progress_saved = now
+                Job.objects.filter(pk=self.job.pk).update(progress=self.job.progress)
+
+
+def _is_expected(exc: BaseException | None) -> bool:
+    """Errors the engine raises on purpose (bad input, registry answers) are the job's outcome, not a bug."""
+    from runtime.errors import EngineError
+
+    return isinstance(exc, EngineError)

@@ -1,0 +1,99 @@
+"""Images through the real docker CLI and the Docker SDK for Python, against a live Berth and a real registry."""
+
+import json
+import subprocess
+
+import docker as docker_sdk
+import pytest
+
+from tests import dockerspec
+
+pytestmark = pytest.mark.live
+
+
+@pytest.fixture
+def docker(berth, tmp_path):
+    """Run the docker CLI against Berth; return the CompletedProcess."""
+    env = berth.docker_env(tmp_path / "docker")
+
+    def run(*args, timeout=120, check=True):
+        result = subprocess.run(["docker", *args], env=env, capture_output=True, text=True, timeout=timeout)
+        if check:
+            assert result.returncode == 0, f"docker {' '.join(args)}: {result.stderr}\n{berth.logs()}"
+        return result
+
+    return run
+
+
+@pytest.fixture
+def sdk(berth):
+    client = docker_sdk.DockerClient(base_url=f"tcp://127.0.0.1:{berth.port}", version="1.41", timeout=120)
+    client.api.headers["Authorization"] = f"Bearer {berth.token}"
+    yield client
+    client.close()
+
+
+def test_docker_pull_shows_progress_and_the_image_appears(docker, busybox_image):
+    ref = busybox_image.references[0]
+    out = docker("pull", ref).stdout
+    assert "Pull complete" in out
+    assert f"Downloaded newer image for {ref}" in out or f"Image is up to date for {ref}" in out
+    images = docker("images", "--format", "{{.Repository}}:{{.Tag}} {{.ID}}").stdout
+    assert ref in images
+    again = docker("pull", ref).stdout
+    assert f"Image is up to date for {ref}" in again
+
+
+def test_docker_pull_of_a_missing_image_fails_clearly(docker, registry):
+    result = docker("pull", f"{registry.host}/library/nothing:here", check=False)
+    assert result.returncode != 0
+    assert "manifest unknown" in result.stderr or "manifest unknown" in result.stdout
+
+
+def test_docker_pull_of_an_invalid_reference_fails_clearly(docker):
+    result = docker("pull", "Not/Valid:ref", check=False)
+    assert result.returncode != 0
+    assert "invalid" in result.stderr.lower()
+
+
+def test_inspect_history_tag_and_rmi(docker, berth, multilayer_image):
+    ref = multilayer_image.references[0]
+    docker("pull", ref)
+    inspect = json.loads(docker("image", "inspect", ref).stdout)[0]
+    assert inspect["Id"] == multilayer_image.config_descriptor.digest
+    assert len(inspect["RootFS"]["Layers"]) == 3
+    status, body = berth.json("GET", f"/v1.41/images/{ref}/json")
+    dockerspec.validate(body, "/images/{name}/json")
+    history = docker("history", "--no-trunc", "--format", "{{.CreatedBy}}", ref).stdout.splitlines()
+    assert history[0] == "rm /data/a.txt, replace /opq"
+    docker("tag", ref, "berth-test/renamed:v9")
+    assert "berth-test/renamed:v9" in docker("images", "--format", "{{.Repository}}:{{.Tag}}").stdout
+    untag = docker("rmi", "berth-test/renamed:v9").stdout
+    assert "Untagged: berth-test/renamed:v9" in untag
+    removed = docker("rmi", ref).stdout
+    assert f"Untagged: {ref}" in removed and "Deleted: sha256:" in removed
+    assert ref not in docker("images", "--format", "{{.Repository}}:{{.Tag}}").stdout
+    result = docker("image", "inspect", ref, check=False)
+    assert result.returncode != 0 and "No such image" in result.stderr
+
+
+def test_the_images_list_matches_the_spec(berth, busybox_image, docker):
+    docker("pull", busybox_image.references[0])
+    status, body = berth.json("GET", "/v1.41/images/json")
+    assert status == 200
+    dockerspec.validate(body, "/images/json")
+    assert any(busybox_image.references[0] in s["RepoTags"] for s in body)
+
+
+def test_docker_search_searches_a_plain_registrys_catalog(docker, registry, busybox_image):
+    out = docker("search", f"{registry.host}/busy").stdout
+    assert "library/busybox" in out
+
+
+def test_the_sdk_pulls_lists_and_removes(sdk, multiarch_image):
+    ref = multiarch_image.references[0]
+    image = sdk.images.pull(ref)
+    assert ref in image.tags
+    assert any(ref in i.tags for i in sdk.images.list())
+    sdk.images.remove(ref)
+    assert not any(ref in i.tags for i in sdk.images.list())
