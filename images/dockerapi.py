@@ -2,8 +2,13 @@
 
 import base64
 import json
+import os
+import time
 
-from django.http import HttpResponse, StreamingHttpResponse
+from django.http import FileResponse, HttpResponse, StreamingHttpResponse
+
+from project.choices import TERMINAL_JOB_STATES
+from project.models import Job
 
 from project.dockerapi.base import ApiError, docker_endpoint, json_response, require_perm
 from project.dockerapi.streams import job_stream
@@ -11,6 +16,35 @@ from project.engine import get_engine
 from runtime.errors import InvalidArgument
 
 from . import services
+
+
+SAVE_TIMEOUT = 3600
+
+
+def wait_for_job(job_id: int, timeout: float = SAVE_TIMEOUT) -> Job:
+    """Wait (in this request's thread) until the job ends; a job still running after ``timeout`` is a 504."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = Job.objects.get(pk=job_id)
+        if job.status in TERMINAL_JOB_STATES:
+            return job
+        time.sleep(0.1)
+    raise ApiError(f"job {job_id} did not finish within {timeout:.0f}s", 504)
+
+
+class DeletingFileResponse(FileResponse):
+    """Streams a staged file and deletes it once sent (or abandoned)."""
+
+    def __init__(self, path: str, **kwargs):
+        self._staged_path = path
+        super().__init__(open(path, "rb"), **kwargs)
+
+    def close(self):
+        super().close()
+        try:
+            os.unlink(self._staged_path)
+        except FileNotFoundError:
+            pass
 
 
 def query_bool(request, name: str) -> bool:
@@ -52,7 +86,7 @@ def image_create(request):
     require_perm(request, "images.add_image")
     from_image = request.GET.get("fromImage", "")
     if request.GET.get("fromSrc"):
-        raise ApiError("import (fromSrc) is not supported yet", 501)
+        return _image_import(request)
     if not from_image:
         raise ApiError("fromImage is required")
     tag = request.GET.get("tag", "")
@@ -63,6 +97,45 @@ def image_create(request):
     response = StreamingHttpResponse(job_stream(job.pk), content_type="application/json")
     response["X-Berth-Job"] = str(job.pk)
     return response
+
+
+def _image_import(request):
+    """``POST /images/create?fromSrc=-&repo=&tag=&changes=&message=``: the body is a rootfs tar."""
+    if request.GET["fromSrc"] != "-":
+        raise ApiError("import from a URL is not supported: send the archive as the body (fromSrc=-)", 501)
+    reference = request.GET.get("repo", "")
+    if reference and request.GET.get("tag"):
+        reference += ":" + request.GET["tag"]
+    path = services.stage_upload(request)
+    job = services.request_import(path, reference=reference, changes=request.GET.getlist("changes"),
+                                  message=request.GET.get("message", ""), user=request.user, request=request)
+    response = StreamingHttpResponse(job_stream(job.pk, cancel_on_disconnect=False), content_type="application/json")
+    response["X-Berth-Job"] = str(job.pk)
+    return response
+
+
+@docker_endpoint("POST")
+def image_load(request):
+    """``POST /images/load``: the body is a ``docker save`` archive or an OCI layout tar."""
+    require_perm(request, "images.add_image")
+    path = services.stage_upload(request)
+    job = services.request_load(path, user=request.user, request=request)
+    response = StreamingHttpResponse(job_stream(job.pk, cancel_on_disconnect=False), content_type="application/json")
+    response["X-Berth-Job"] = str(job.pk)
+    return response
+
+
+@docker_endpoint("GET")
+def image_save(request, name: str | None = None):
+    """``GET /images/{name}/get`` and ``GET /images/get?names=...``: a ``docker save`` tar."""
+    names = [name] if name else request.GET.getlist("names")
+    if not names:
+        raise ApiError("names is required")
+    job = services.request_save(names, user=request.user, request=request)
+    job = wait_for_job(job.pk)
+    if job.status != "succeeded":
+        raise ApiError(job.error or f"save {job.status}", 500)
+    return DeletingFileResponse(job.result["path"], content_type="application/x-tar")
 
 
 @docker_endpoint("GET")

@@ -33,3 +33,24 @@ class RegistryForm(forms.Form):
     username = forms.CharField(max_length=255, required=False)
     password = forms.CharField(max_length=1024, required=False, widget=forms.PasswordInput)
     insecure = forms.BooleanField(required=False, label="Plain HTTP")
+
+
+class ImportForm(forms.Form):
+    archive = forms.FileField(label="Root filesystem tar", help_text="plain, gzip, zstd, xz or bzip2")
+    reference = ReferenceField(max_length=512, required=False, label="Name",
+                               widget=forms.TextInput(attrs={"placeholder": "myimage:v1 (optional)"}))
+    changes = forms.CharField(required=False, label="Changes (one per line)",
+                              widget=forms.Textarea(attrs={"rows": 2, "placeholder": 'CMD ["sh"]\nENV A=b'}))
+    message = forms.CharField(max_length=500, required=False)
+
+    def clean_changes(self):
+        return [line.strip() for line in self.cleaned_data["changes"].splitlines() if line.strip()]
+
+
+class LoadForm(forms.Form):
+    archive = forms.FileField(label="Image archive", help_text="from docker save, or an OCI image layout tar")
+
+
+class SearchForm(forms.Form):
+    term = forms.CharField(max_length=255, label="Search",
+                           widget=forms.TextInput(attrs={"placeholder": "busybox, or 127.0.0.1:5000/team"}))

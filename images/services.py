@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import datetime
 import logging
+import os
+import tempfile
 
 from django.conf import settings
 from django.db import transaction
@@ -16,6 +18,7 @@ from project import audit, nodes, realtime
 from project.choices import JobKindChoices
 from project.engine import get_engine
 from project.jobs import JobRun, create_job
+from runtime.errors import InvalidArgument
 from runtime.images import ImageRecord
 from runtime.reference import parse_reference
 
@@ -61,6 +64,141 @@ def pull_image(job_id: int, credentials: tuple[str, str] | None = None) -> None:
                                    progress=run.emit, cancelled=run.cancelled)
         image = sync_image(record, job=run.job)
         run.set_result({"image": record.id, "tags": record.repo_tags, "url": image.get_absolute_url()})
+
+
+#
+# Import, load, save: the bytes travel as files under DATA_DIR, the worker does the work
+#
+
+UPLOAD_CHUNK = 1 << 20
+
+
+def staging_dir(kind: str):
+    path = settings.DATA_DIR / kind
+    path.mkdir(mode=0o700, exist_ok=True)
+    return path
+
+
+def stage_upload(stream, max_size: int | None = None) -> str:
+    """Copy an uploaded archive (a request body or an uploaded file) to a staging file; return its path."""
+    max_size = max_size or settings.MAX_UPLOAD_SIZE
+    fd, path = tempfile.mkstemp(prefix="upload-", suffix=".tar", dir=staging_dir("uploads"))
+    size = 0
+    try:
+        with os.fdopen(fd, "wb") as out:
+            while chunk := stream.read(UPLOAD_CHUNK):
+                size += len(chunk)
+                if size > max_size:
+                    raise InvalidArgument(f"upload larger than the limit of {max_size} bytes")
+                out.write(chunk)
+    except BaseException:
+        os.unlink(path)
+        raise
+    if size == 0:
+        os.unlink(path)
+        raise InvalidArgument("the archive is empty")
+    return path
+
+
+def request_import(path: str, *, reference: str = "", changes: list[str] = (), message: str = "",
+                   user=None, request=None):
+    """Queue ``docker import`` of a staged rootfs tar; return the Job."""
+    from . import tasks
+
+    if reference:
+        reference = parse_reference(reference).familiar
+    job = create_job(JobKindChoices.IMPORT, reference or "<none>", user, path=path, reference=reference,
+                     changes=list(changes), message=message)
+    audit.record(request, "image.import", job, reference=reference)
+    transaction.on_commit(lambda: tasks.import_image.apply_async((job.pk,), queue=nodes.node_queue()))
+    return job
+
+
+def import_image(job_id: int) -> None:
+    """Run an import job: the staged tar becomes a one-layer image."""
+    with JobRun(job_id) as run:
+        if run.skip:
+            return
+        params = run.job.params
+        try:
+            with open(params["path"], "rb") as f:
+                record = get_engine().images.import_tar(f, changes=params.get("changes") or (),
+                                                        message=params.get("message", ""),
+                                                        reference=params.get("reference") or None)
+        finally:
+            _unlink(params["path"])
+        image = sync_image(record, job=run.job)
+        run.emit({"status": record.id})
+        run.set_result({"image": record.id, "tags": record.repo_tags, "url": image.get_absolute_url()})
+
+
+def request_load(path: str, *, user=None, request=None):
+    """Queue ``docker load`` of a staged archive; return the Job."""
+    from . import tasks
+
+    job = create_job(JobKindChoices.LOAD, os.path.basename(path), user, path=path)
+    audit.record(request, "image.load", job)
+    transaction.on_commit(lambda: tasks.load_images.apply_async((job.pk,), queue=nodes.node_queue()))
+    return job
+
+
+def load_images(job_id: int) -> None:
+    """Run a load job: every image of the archive is verified, then recorded."""
+    with JobRun(job_id) as run:
+        if run.skip:
+            return
+        path = run.job.params["path"]
+        try:
+            with open(path, "rb") as f:
+                lines = get_engine().images.load(f)
+        finally:
+            _unlink(path)
+        for line in lines:
+            run.emit({"stream": line + "\n"})
+        reconcile_images()
+        images = [line.split(": ", 1)[1] for line in lines if ": " in line]
+        run.set_result({"loaded": images, "tags": [i for i in images if not i.startswith("sha256:")],
+                        "url": "/images/"})
+
+
+def request_save(names: list[str], *, user=None, request=None):
+    """Queue ``docker save`` of ``names`` into a file; the job's result says where."""
+    from . import tasks
+
+    if not names:
+        raise InvalidArgument("no image names given")
+    for name in names:
+        get_engine().images.resolve(name)  # NotFound now, not in the worker
+    job = create_job(JobKindChoices.SAVE, " ".join(names), user, names=names)
+    audit.record(request, "image.save", job, names=names)
+    transaction.on_commit(lambda: tasks.save_images.apply_async((job.pk,), queue=nodes.node_queue()))
+    return job
+
+
+def save_images(job_id: int) -> None:
+    """Run a save job: write the archive under DATA_DIR/exports."""
+    with JobRun(job_id) as run:
+        if run.skip:
+            return
+        names = run.job.params["names"]
+        fd, path = tempfile.mkstemp(prefix=f"save-{run.job.pk}-", suffix=".tar", dir=staging_dir("exports"))
+        try:
+            with os.fdopen(fd, "wb") as out:
+                run.emit({"status": f"Saving {' '.join(names)}"})
+                get_engine().images.save(names, out)
+        except BaseException:
+            _unlink(path)
+            raise
+        size = os.path.getsize(path)
+        run.emit({"status": f"Saved {size} bytes"})
+        run.set_result({"path": path, "size": size, "url": f"/jobs/{run.job.pk}/download"})
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 #

@@ -14,6 +14,21 @@ def pull_image(job_id: int, credentials: list[str] | None = None) -> None:
 
 
 @shared_task
+def import_image(job_id: int) -> None:
+    services.import_image(job_id)
+
+
+@shared_task
+def load_images(job_id: int) -> None:
+    services.load_images(job_id)
+
+
+@shared_task
+def save_images(job_id: int) -> None:
+    services.save_images(job_id)
+
+
+@shared_task
 def tag_image(source: str, target: str) -> dict:
     def run():
         record = get_engine().images.tag(source, target)

@@ -7,7 +7,11 @@ app_name = "images"
 urlpatterns = [
     path("", views.image_list, name="image_list"),
     path("pull/", views.image_pull, name="image_pull"),
+    path("search/", views.image_search, name="image_search"),
+    path("import/", views.image_import, name="image_import"),
+    path("load/", views.image_load, name="image_load"),
     path("remove/<path:name>", views.image_remove, name="image_remove"),
     path("<str:name>/", views.image_detail, name="image_detail"),
     path("<str:name>/tag/", views.image_tag, name="image_tag"),
+    path("<str:name>/save/", views.image_save, name="image_save"),
 ]

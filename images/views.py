@@ -14,7 +14,7 @@ from project.engine import get_engine
 from runtime.errors import EngineError, NotFound
 
 from . import services
-from .forms import PullForm, TagForm
+from .forms import ImportForm, LoadForm, PullForm, SearchForm, TagForm
 from .models import Image
 
 
@@ -34,8 +34,75 @@ def image_list(request):
         tags = list(image.tags.all()) or [None]
         for tag in tags:
             rows.append({"image": image, "tag": tag})
-    return render(request, "images/image_list.html", {"rows": rows, "q": q, "dangling": dangling,
-                                                      "pull_form": PullForm()})
+    return render(request, "images/image_list.html", {
+        "rows": rows, "q": q, "dangling": dangling, "pull_form": PullForm(), "import_form": ImportForm(),
+        "load_form": LoadForm(), "search_form": SearchForm(),
+    })
+
+
+def image_search(request):
+    """``docker search``: results from Docker Hub or a registry's catalog, each with a Pull button."""
+    form = SearchForm(request.GET or None)
+    results, error = [], None
+    if form.is_valid():
+        term = form.cleaned_data["term"]
+        try:
+            results = get_engine().search(term, limit=50)
+        except EngineError as e:
+            error = str(e)
+        registry = term.split("/", 1)[0] if "/" in term and ("." in term.split("/")[0] or ":" in term.split("/")[0]) else ""
+        for r in results:
+            r.reference = f"{registry}/{r.name}" if registry else r.name
+    return render(request, "images/image_search.html", {"form": form, "results": results, "error": error})
+
+
+@require_POST
+@permission_required("images.add_image", raise_exception=True)
+def image_import(request):
+    """``docker import``: an uploaded rootfs tar becomes an image (a job)."""
+    form = ImportForm(request.POST, request.FILES)
+    if not form.is_valid():
+        messages.error(request, "Cannot import: " + "; ".join(e for errs in form.errors.values() for e in errs))
+        return redirect("images:image_list")
+    try:
+        path = services.stage_upload(form.cleaned_data["archive"])
+        job = services.request_import(path, reference=form.cleaned_data["reference"],
+                                      changes=form.cleaned_data["changes"], message=form.cleaned_data["message"],
+                                      user=request.user, request=request)
+    except EngineError as e:
+        messages.error(request, f"Cannot import: {e}")
+        return redirect("images:image_list")
+    return redirect("job_detail", job.pk)
+
+
+@require_POST
+@permission_required("images.add_image", raise_exception=True)
+def image_load(request):
+    """``docker load``: an uploaded archive's images are verified and added (a job)."""
+    form = LoadForm(request.POST, request.FILES)
+    if not form.is_valid():
+        messages.error(request, "Cannot load: " + "; ".join(e for errs in form.errors.values() for e in errs))
+        return redirect("images:image_list")
+    try:
+        job = services.request_load(services.stage_upload(form.cleaned_data["archive"]), user=request.user,
+                                    request=request)
+    except EngineError as e:
+        messages.error(request, f"Cannot load: {e}")
+        return redirect("images:image_list")
+    return redirect("job_detail", job.pk)
+
+
+@require_POST
+def image_save(request, name: str):
+    """``docker save``: a job writes the archive; its page offers the download."""
+    image = _get_image(name)
+    names = [request.POST["tag"]] if request.POST.get("tag") else [image.digest]
+    try:
+        job = services.request_save(names, user=request.user, request=request)
+    except EngineError as e:
+        messages.error(request, f"Cannot save: {e}")
+        return redirect("images:image_detail", image.short_id)
+    return redirect("job_detail", job.pk)
 
 
 def _get_image(name: str) -> Image:

@@ -178,6 +178,8 @@ CHANNEL_LAYERS = {
 # The engine (runtime/): all of its state lives under RUNTIME_ROOT.
 RUNTIME_ROOT = os.getenv("RUNTIME_ROOT", "/var/lib/berth")
 RUNTIME_RUN_ROOT = os.getenv("RUNTIME_RUN_ROOT", "/run/berth")
+# Uploads (docker import / load) are staged under DATA_DIR/uploads up to this size.
+MAX_UPLOAD_SIZE = envint("MAX_UPLOAD_SIZE", str(64 << 30))
 INSECURE_REGISTRIES = [r for r in os.getenv("INSECURE_REGISTRIES", "").split(",") if r]
 
 LOGGING = {

@@ -1,25 +1,45 @@
 """What the worker does when it starts: the reconcile pass of DESIGN.md."""
 
+import importlib
 import logging
+import time
 
-from django.apps import apps
 
 logger = logging.getLogger(__name__)
 
 
+STAGED_FILE_MAX_AGE = 24 * 3600
+
+
+def clean_staged_files() -> None:
+    """Remove uploads and saved archives older than a day (a crashed job's, or never downloaded)."""
+    from django.conf import settings
+
+    now = time.time()
+    for kind in ("uploads", "exports"):
+        folder = settings.DATA_DIR / kind
+        if not folder.is_dir():
+            continue
+        for entry in folder.iterdir():
+            try:
+                if now - entry.stat().st_mtime > STAGED_FILE_MAX_AGE:
+                    entry.unlink()
+            except OSError:
+                pass
+
+
 def worker_started() -> None:
-    """1. Clean the engine's staging areas. 2. Reconcile every app that keeps engine state in models."""
+    """1. Clean the engine's staging areas and old staged files. 2. Reconcile every app's models."""
     from project.engine import get_engine
 
     get_engine().start()
+    clean_staged_files()
     for label in ("images", "containers"):
-        module = getattr(apps.get_app_config(label).module, "services", None)
-        if module is None:
-            try:
-                module = __import__(f"{label}.services", fromlist=["services"])
-            except ImportError:
-                continue
-        reconcile = getattr(module, f"reconcile_{label}", None)
+        try:
+            services = importlib.import_module(f"{label}.services")
+        except ModuleNotFoundError:
+            continue
+        reconcile = getattr(services, f"reconcile_{label}", None)
         if reconcile is not None:
             try:
                 logger.info("reconcile %s: %s", label, reconcile())

@@ -18,6 +18,7 @@ urlpatterns = [
     path("jobs/", views.job_list, name="job_list"),
     path("jobs/<int:pk>/", views.job_detail, name="job_detail"),
     path("jobs/<int:pk>/cancel/", views.job_cancel, name="job_cancel"),
+    path("jobs/<int:pk>/download", views.job_download, name="job_download"),
     path("images/", include("images.urls")),
     path("containers/", include("containers.urls")),
     # The Docker Engine API: versioned, and unversioned for the first calls of a client.

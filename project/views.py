@@ -1,6 +1,9 @@
 """Pages of the project app: the dashboard and the user's API tokens."""
 
+import os
+
 from django.contrib import messages
+from django.http import FileResponse, Http404
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
@@ -72,3 +75,13 @@ def job_cancel(request, pk: int):
     else:
         messages.error(request, f"Job #{job.pk} has already ended.")
     return redirect("job_detail", job.pk)
+
+
+def job_download(request, pk: int):
+    """The archive a save job wrote (kept under DATA_DIR/exports for a day)."""
+    job = get_object_or_404(Job, pk=pk, kind="save", status="succeeded")
+    path = job.result.get("path")
+    if not path or not os.path.exists(path):
+        raise Http404("the archive of this job was already downloaded or removed")
+    name = "-".join(job.params.get("names", ["image"])).replace("/", "_").replace(":", "_")[:100] + ".tar"
+    return FileResponse(open(path, "rb"), as_attachment=True, filename=name, content_type="application/x-tar")

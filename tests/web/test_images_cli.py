@@ -97,3 +97,45 @@ def test_the_sdk_pulls_lists_and_removes(sdk, multiarch_image):
     assert any(ref in i.tags for i in sdk.images.list())
     sdk.images.remove(ref)
     assert not any(ref in i.tags for i in sdk.images.list())
+
+
+def test_save_rmi_load_gives_back_the_same_image(docker, busybox_image, tmp_path):
+    ref = busybox_image.references[1]
+    docker("pull", ref)
+    image_id = docker("image", "inspect", "--format", "{{.Id}}", ref).stdout.strip()
+    archive = tmp_path / "saved.tar"
+    docker("save", "-o", str(archive), ref)
+    assert archive.stat().st_size > 100_000
+    docker("rmi", ref)
+    out = docker("load", "-i", str(archive)).stdout
+    assert f"Loaded image: {ref}" in out
+    assert docker("image", "inspect", "--format", "{{.Id}}", ref).stdout.strip() == image_id
+
+
+def test_load_of_a_broken_archive_fails_and_adds_nothing(docker, tmp_path):
+    before = docker("images", "-q").stdout
+    archive = tmp_path / "broken.tar"
+    archive.write_bytes(b"this is not a tar archive" * 100)
+    result = docker("load", "-i", str(archive), check=False)
+    assert result.returncode != 0
+    assert docker("images", "-q").stdout == before
+
+
+def test_docker_import_with_changes(docker, tmp_path):
+    import io
+    import tarfile
+
+    archive = tmp_path / "rootfs.tar"
+    with tarfile.open(archive, "w") as tar:
+        data = b"imported!\n"
+        info = tarfile.TarInfo("hello.txt")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    out = docker("import", "--change", 'CMD ["cat", "/hello.txt"]', "--change", "ENV GREETING=hi",
+                 "-m", "from a test", str(archive), "imported/test:v1").stdout
+    assert out.strip().startswith("sha256:")
+    config = json.loads(docker("image", "inspect", "--format", "{{json .Config}}", "imported/test:v1").stdout)
+    assert config["Cmd"] == ["cat", "/hello.txt"]
+    assert "GREETING=hi" in config["Env"]
+    history = docker("history", "--format", "{{.Comment}}", "imported/test:v1").stdout
+    assert "from a test" in history
