@@ -1,5 +1,6 @@
 """Pages of the images app: list, detail, pull, tag, remove. Views parse, authorise, call a service."""
 
+import dataclasses
 import json
 
 from django.conf import settings
@@ -11,6 +12,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
 from project.engine import get_engine
+from runtime.engine import split_search_term
 from runtime.errors import EngineError, NotFound
 
 from . import services
@@ -46,13 +48,14 @@ def image_search(request):
     results, error = [], None
     if form.is_valid():
         term = form.cleaned_data["term"]
+        registry, _ = split_search_term(term)
         try:
-            results = get_engine().search(term, limit=50)
+            found = get_engine().search(term, limit=50)
         except EngineError as e:
-            error = str(e)
-        registry = term.split("/", 1)[0] if "/" in term and ("." in term.split("/")[0] or ":" in term.split("/")[0]) else ""
-        for r in results:
-            r.reference = f"{registry}/{r.name}" if registry else r.name
+            found, error = [], str(e)
+        # What the Pull button pulls: a registry's results need its host in front.
+        results = [{"reference": f"{registry}/{r.name}" if registry else r.name, **dataclasses.asdict(r)}
+                   for r in found]
     return render(request, "images/image_search.html", {"form": form, "results": results, "error": error})
 
 

@@ -113,6 +113,16 @@ class Job(models.Model):
         return f"job_{self.pk}"
 
     @property
+    def result_label(self) -> str:
+        """What the job's result link says: the images it made, the pushed digest, or the download."""
+        result = self.result or {}
+        if self.kind == JobKindChoices.SAVE:
+            return f"Download the archive ({result.get('size', 0)} bytes)"
+        if self.kind == JobKindChoices.PUSH:
+            return result.get("digest", "")
+        return ", ".join(result.get("tags") or []) or result.get("image") or "Images"
+
+    @property
     def duration(self):
         if self.started_at is None:
             return None

@@ -10,10 +10,12 @@ import os
 from typing import Callable
 
 from .config import RuntimeConfig
+from .digest import Digest
 from .errors import InvalidArgument
 from .images import ImageRecord, ImageStore
 from .layers import LayerStore
 from .pull import Progress, Puller
+from .push import Pusher
 from .reference import Reference, parse_reference
 from .registry import RegistryClient, SearchResult
 from .store import Store
@@ -32,6 +34,7 @@ class Engine:
         self.layers = LayerStore(config.root)
         self.images = ImageStore(config.root, self.store, self.layers)
         self.puller = Puller(config.root, self.store, self.layers, self.images)
+        self.pusher = Pusher(self.store, self.layers, self.images)
 
     def start(self) -> None:
         """Drop what an interrupted process left in the staging areas (never a finished blob or layer)."""
@@ -61,13 +64,28 @@ class Engine:
         client = self.registry_client(ref.registry, credentials)
         return self.puller.pull(client, ref, progress=progress, cancelled=cancelled)
 
+    def push(self, reference: str, *, credentials: tuple[str, str] | None = None,
+             progress: Progress | None = None, cancelled: Callable[[], bool] | None = None) -> Digest:
+        """``docker push``: see runtime.push.Pusher.push. Returns the manifest digest."""
+        ref = parse_reference(reference)
+        client = self.registry_client(ref.registry, credentials)
+        return self.pusher.push(client, ref, progress=progress, cancelled=cancelled)
+
     def search(self, term: str, *, limit: int = 25, credentials: tuple[str, str] | None = None) -> list[SearchResult]:
         """``docker search``: "registry/term" searches that registry, a bare term searches Docker Hub."""
-        registry, _, rest = term.partition("/")
-        if rest and ("." in registry or ":" in registry or registry == "localhost"):
-            client, term = self.registry_client(registry, credentials), rest
-        else:
-            client = self.registry_client(DOCKER_HUB, credentials)
+        registry, term = split_search_term(term)
         if not term:
             raise InvalidArgument("search term is empty")
-        return client.search(term, limit)
+        return self.registry_client(registry or DOCKER_HUB, credentials).search(term, limit)
+
+
+def split_search_term(term: str) -> tuple[str | None, str]:
+    """Split "127.0.0.1:5000/team" into ("127.0.0.1:5000", "team"); a bare term has no registry.
+
+    The first component names a registry as in Docker's references: it has a dot or a colon, or is
+    "localhost".
+    """
+    registry, _, rest = term.partition("/")
+    if rest and ("." in registry or ":" in registry or registry == "localhost"):
+        return registry, rest
+    return None, term

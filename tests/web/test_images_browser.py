@@ -38,3 +38,58 @@ def test_an_invalid_reference_is_refused_with_a_reason(logged_in_page):
     page.click("#pull-form button")
     expect(page.locator(".messages")).to_contain_text("Cannot pull")
     expect(page.locator(".messages")).to_contain_text("lowercase")
+
+
+def test_import_from_the_page_then_save_and_load_the_archive(logged_in_page, tmp_path):
+    import io
+    import tarfile
+
+    page = logged_in_page
+    rootfs = tmp_path / "rootfs.tar"
+    with tarfile.open(rootfs, "w") as tar:
+        data = b"from the browser\n"
+        info = tarfile.TarInfo("etc/browser.txt")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    page.goto("/images/")
+    page.click("#import-load summary")
+    page.set_input_files("#import-form input[name=archive]", str(rootfs))
+    page.fill("#import-form input[name=reference]", "browser/imported:v1")
+    page.fill("#import-form textarea[name=changes]", 'CMD ["cat", "/etc/browser.txt"]')
+    page.click("#import-form button")
+    expect(page.locator("#job-status")).to_have_text("Succeeded", timeout=30000)
+    page.click("#job-result")
+    expect(page.locator("#tags")).to_contain_text("browser/imported:v1")
+    expect(page.locator("#inspect")).to_contain_text('"/etc/browser.txt"')
+    # Save it as an archive and download it.
+    page.click("#save-form button")
+    expect(page.locator("#job-status")).to_have_text("Succeeded", timeout=30000)
+    with page.expect_download() as download:
+        page.click("#job-result")
+    archive = tmp_path / "saved.tar"
+    download.value.save_as(archive)
+    with tarfile.open(archive) as tar:
+        manifest = tar.extractfile("manifest.json").read().decode()
+    assert "browser/imported:v1" in manifest
+    # Remove the image, then load the archive back from the page.
+    page.goto("/images/")
+    page.locator("#images tr", has_text="browser/imported").get_by_role("button", name="Remove").click()
+    expect(page.locator("#images")).not_to_contain_text("browser/imported")
+    page.click("#import-load summary")
+    page.set_input_files("#load-form input[name=archive]", str(archive))
+    page.click("#load-form button")
+    expect(page.locator("#job-status")).to_have_text("Succeeded", timeout=30000)
+    expect(page.locator("#job-log")).to_contain_text("Loaded image: browser/imported:v1")
+    page.goto("/images/")
+    expect(page.locator("#images")).to_contain_text("browser/imported")
+
+
+def test_search_a_registry_and_pull_a_result_with_one_click(logged_in_page, registry, busybox_image):
+    page = logged_in_page
+    page.goto("/images/search/")
+    page.fill("input[name=term]", f"{registry.host}/busy")
+    page.get_by_role("button", name="Search").click()
+    row = page.locator("#results tr", has_text="library/busybox")
+    expect(row).to_be_visible()
+    row.get_by_role("button", name="Pull").click()
+    expect(page.locator("#job-status")).to_have_text("Succeeded", timeout=30000)
