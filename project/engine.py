@@ -8,9 +8,8 @@ from runtime import info
 from runtime.config import RuntimeConfig
 
 
-@lru_cache(maxsize=1)
 def runtime_config() -> RuntimeConfig:
-    """The RuntimeConfig of this node, from settings."""
+    """The RuntimeConfig of this node, from settings (read each time: tests override settings)."""
     return RuntimeConfig(
         root=settings.RUNTIME_ROOT,
         run_root=settings.RUNTIME_RUN_ROOT,
@@ -39,8 +38,9 @@ _engine = None
 def get_engine():
     """This process's Engine (runtime.engine.Engine), built once from settings."""
     global _engine
-    if _engine is None:
+    config = runtime_config()
+    if _engine is None or _engine.config != config:
         from runtime.engine import Engine
 
-        _engine = Engine(runtime_config())
+        _engine = Engine(config)
     return _engine

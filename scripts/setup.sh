@@ -58,3 +58,4 @@ fi
 say "migrating the database"
 .venv/bin/python manage.py migrate --no-input -v0
 .venv/bin/python manage.py ensureadmin
+.venv/bin/python manage.py ensurestarterimage
