@@ -185,3 +185,24 @@ def registry_client(registry):
 
 def pytest_report_header(config):
     return f"docker-registry: {'found' if os.path.exists('/usr/bin/docker-registry') else 'MISSING'}"
+
+
+@pytest.fixture(scope="session")
+def big_image(registry, tmp_path_factory) -> BuiltImage:
+    """An image with an 8 MB incompressible layer, pushed as <registry>/test/big:latest: slow through a proxy."""
+    work = tmp_path_factory.mktemp("big")
+    layers = [busybox_layer(), {"data": Dir(), "data/random.bin": os.urandom(8 << 20)}]
+    image = build_image(str(work / "layout"), "latest", layers, history=["busybox", "add 8 MB of random bytes"])
+    registry.push(image, "test/big", "latest")
+    image.references = [f"{registry.host}/test/big:latest"]
+    return image
+
+
+@pytest.fixture
+def slow_registry(registry):
+    """The test registry behind a proxy that sends 1 MB/s: a pull of big_image takes seconds."""
+    from tests.support.throttle import ThrottledProxy
+
+    proxy = ThrottledProxy(registry.host, rate=1 << 20)
+    yield proxy
+    proxy.stop()
