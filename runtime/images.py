@@ -322,6 +322,31 @@ class ImageStore:
             self._write_refs(refs)
             return self._record_from_doc(doc, refs)
 
+    def set_layer_blob(self, image_id: str, chain_id: str, digest: str, media_type: str, size: int) -> ImageRecord:
+        """Remember that layer ``chain_id`` of the image is now served by the stored blob ``digest``.
+
+        A push calls this after compressing a layer that had no compressed blob (an import, a
+        commit), so the next push finds it. The blob the layer pointed at before is deleted when no
+        other image refers to it. NotFound if the image, the layer in it, or the new blob is missing.
+        """
+        digest = Digest(digest)
+        if not self.store.has_blob(digest):
+            raise NotFound(f"blob {digest} not found")
+        with self._locked():
+            doc = self._read_record_doc(image_id)
+            if doc is None:
+                raise NotFound(f"no such image: {image_id}")
+            entries = [layer for layer in doc["layers"] if layer.get("chain_id") == Digest(chain_id)]
+            if not entries:
+                raise NotFound(f"image {Digest(image_id).short} has no layer {chain_id}")
+            replaced = {Digest(e["digest"]) for e in entries if e.get("digest") and e["digest"] != digest}
+            for entry in entries:
+                entry.update({"digest": digest, "media_type": media_type, "size": int(size)})
+            _write_json_atomic(self._record_path(image_id), doc)
+            others = [d for d in (self._read_record_doc(i) for i in self._ids()) if d]
+            self._collect([], replaced, others, _never)
+            return self._record_from_doc(doc, self._read_refs())
+
     def get(self, image_id: str) -> ImageRecord:
         """Return the image with this id (``sha256:<hex>`` or the 64 hex); NotFound otherwise."""
         match = _FULL_ID_RE.fullmatch(image_id) if isinstance(image_id, str) else None
@@ -451,6 +476,23 @@ class ImageStore:
             del table[key]
             self._write_refs(refs)
             return shown
+
+    def add_repo_digest(self, image_id: str, name_at_digest: str) -> ImageRecord:
+        """Record ``name@sha256:...`` (a manifest just pushed) as a digest reference of the image.
+
+        NotFound if the image does not exist; InvalidArgument if the reference has no digest.
+        """
+        ref = parse_reference(name_at_digest)
+        if ref.digest is None:
+            raise InvalidArgument(f"not a digest reference: {name_at_digest}")
+        with self._locked():
+            doc = self._read_record_doc(image_id)
+            if doc is None:
+                raise NotFound(f"no such image: {image_id}")
+            refs = self._read_refs()
+            refs["digests"][f"{ref.name}@{ref.digest}"] = Digest(doc["id"])
+            self._write_refs(refs)
+            return self._record_from_doc(doc, refs)
 
     #
     # Removing
