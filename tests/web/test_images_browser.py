@@ -93,3 +93,17 @@ def test_search_a_registry_and_pull_a_result_with_one_click(logged_in_page, regi
     expect(row).to_be_visible()
     row.get_by_role("button", name="Pull").click()
     expect(page.locator("#job-status")).to_have_text("Succeeded", timeout=30000)
+
+
+def test_a_running_pull_is_cancelled_from_its_job_page(logged_in_page, big_image, slow_registry):
+    page = logged_in_page
+    ref = f"{slow_registry.host}/test/big:latest"
+    page.goto("/images/")
+    page.fill("#pull-form input[name=reference]", ref)
+    page.click("#pull-form button")
+    # One progress bar per layer, moving live.
+    expect(page.locator("#job-progress .row progress").first).to_be_visible(timeout=20000)
+    page.get_by_role("button", name="Cancel").click()
+    expect(page.locator("#job-status")).to_have_text("Cancelled", timeout=20000)
+    page.goto("/images/")
+    expect(page.locator("#images")).not_to_contain_text("test/big")

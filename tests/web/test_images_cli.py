@@ -139,3 +139,39 @@ def test_docker_import_with_changes(docker, tmp_path):
     assert "GREETING=hi" in config["Env"]
     history = docker("history", "--format", "{{.Comment}}", "imported/test:v1").stdout
     assert "from a test" in history
+
+
+def wait_for_job(berth, kind: str, status: str, timeout: float = 30):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        _, body = berth.json("GET", f"/api/jobs/?kind={kind}")
+        for job in body["results"]:
+            if job["status"] == status:
+                return job
+        time.sleep(0.2)
+    raise AssertionError(f"no {kind} job became {status}: {body}")
+
+
+def test_ctrl_c_on_docker_pull_cancels_the_pull(berth, tmp_path, big_image, slow_registry):
+    import signal
+    import time
+
+    ref = f"{slow_registry.host}/test/big:latest"
+    env = berth.docker_env(tmp_path / "docker")
+    child = subprocess.Popen(["docker", "pull", ref], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    running = wait_for_job(berth, "pull", "running")
+    deadline = time.monotonic() + 20
+    while not berth.json("GET", f"/api/jobs/{running['id']}/")[1]["progress"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    child.send_signal(signal.SIGINT)
+    child.wait(20)
+    while time.monotonic() < deadline + 20:
+        job = berth.json("GET", f"/api/jobs/{running['id']}/")[1]
+        if job["status"] != "running":
+            break
+        time.sleep(0.2)
+    assert job["status"] == "cancelled", job
+    status, _ = berth.json("GET", f"/v1.41/images/{ref}/json")
+    assert status == 404
