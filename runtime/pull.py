@@ -157,11 +157,14 @@ class Puller:
         chains = chain_ids(diff_ids)
         existing = self._existing_image(manifest.config.digest)
         if existing is not None and all(self.layers.exists(c) for c in chains):
+            # Docker's words: "up to date" when the tag already named this image, else "newer".
+            was_tagged = ref.familiar in existing.repo_tags
             record = self.images.add(config_bytes, [self.layers.get(c) for c in chains],
                                      layer_descriptors=[d.to_dict() for d in descriptors],
                                      manifest_digest=top_digest, reference=ref)
             emit({"status": f"Digest: {top_digest}"})
-            emit({"status": f"Status: Image is up to date for {ref.familiar}"})
+            word = "Image is up to date" if was_tagged else "Downloaded newer image"
+            emit({"status": f"Status: {word} for {ref.familiar}"})
             return record
 
         # 3. Layers, in parallel. The first failure stops the other downloads at their next chunk.
