@@ -10,10 +10,10 @@ from django.http import FileResponse, HttpResponse, StreamingHttpResponse
 from project.choices import TERMINAL_JOB_STATES
 from project.models import Job
 
-from project.dockerapi.base import ApiError, docker_endpoint, json_response, require_perm
+from project.dockerapi.base import ApiError, docker_endpoint, json_body, json_response, require_perm
 from project.dockerapi.streams import job_stream
 from project.engine import get_engine
-from runtime.errors import InvalidArgument
+from runtime.errors import Unauthorized
 
 from . import services
 
@@ -138,6 +138,17 @@ def image_save(request, name: str | None = None):
     return DeletingFileResponse(job.result["path"], content_type="application/x-tar")
 
 
+@docker_endpoint("POST")
+def image_push(request, name: str):
+    """``POST /images/{name}/push?tag=``: push, streaming Docker's progress JSON (X-Registry-Auth honoured)."""
+    require_perm(request, "images.change_image")
+    reference = name + (":" + request.GET["tag"] if request.GET.get("tag") else "")
+    job = services.request_push(reference, request.user, request, credentials=registry_auth(request))
+    response = StreamingHttpResponse(job_stream(job.pk), content_type="application/json")
+    response["X-Berth-Job"] = str(job.pk)
+    return response
+
+
 @docker_endpoint("GET")
 def image_list(request):
     """``GET /images/json``: one summary per image, filtered by dangling and reference."""
@@ -215,3 +226,22 @@ def image_search(request):
         if r.star_count >= stars and (official is None or r.is_official == (official in (True, "true")))
     ]
     return json_response(answer)
+
+
+@docker_endpoint("POST")
+def auth(request):
+    """``POST /auth`` (docker login): check credentials against the registry; Docker's answer."""
+    body = json_body(request)
+    registry = body.get("serveraddress") or "docker.io"
+    for prefix in ("https://", "http://"):
+        registry = registry.removeprefix(prefix)
+    registry = registry.split("/", 1)[0]
+    if registry in ("index.docker.io", "registry-1.docker.io"):
+        registry = "docker.io"
+    if not body.get("username"):
+        raise ApiError("username is required")
+    try:
+        services.login(registry, body["username"], body.get("password", ""), request=request)
+    except Unauthorized as e:
+        raise ApiError(f"login attempt to {registry} failed: {e}", 401) from None
+    return json_response({"Status": "Login Succeeded", "IdentityToken": ""})

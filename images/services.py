@@ -67,6 +67,49 @@ def pull_image(job_id: int, credentials: tuple[str, str] | None = None) -> None:
 
 
 #
+# Push
+#
+
+def request_push(reference: str, user=None, request=None, credentials: tuple[str, str] | None = None):
+    """Queue ``docker push`` of a local tag; return the Job. A missing image raises NotFound now."""
+    from . import tasks
+
+    ref = parse_reference(reference.strip())
+    get_engine().images.resolve(ref.familiar)
+    job = create_job(JobKindChoices.PUSH, ref.familiar, user, reference=ref.full)
+    audit.record(request, "image.push", job, reference=ref.familiar)
+    kwargs = {"credentials": list(credentials)} if credentials else {}
+    transaction.on_commit(lambda: tasks.push_image.apply_async((job.pk,), kwargs, queue=nodes.node_queue()))
+    return job
+
+
+def push_image(job_id: int, credentials: tuple[str, str] | None = None) -> None:
+    """Run a push job (in the worker)."""
+    with JobRun(job_id) as run:
+        if run.skip:
+            return
+        reference = run.job.params["reference"]
+        ref = parse_reference(reference)
+        credentials = tuple(credentials) if credentials else registry_credentials(ref.registry)
+        digest = get_engine().push(reference, credentials=credentials, progress=run.emit, cancelled=run.cancelled)
+        record = get_engine().images.resolve(ref.familiar)
+        image = sync_image(record)
+        run.set_result({"digest": digest, "image": record.id, "url": image.get_absolute_url()})
+
+
+def login(registry: str, username: str, password: str, *, save: bool = False, request=None) -> None:
+    """``docker login``: check the credentials against the registry (Unauthorized if refused).
+
+    With ``save``, Berth keeps them for its own pulls and pushes of that registry.
+    """
+    client = get_engine().registry_client(registry, (username, password))
+    client.ping()
+    if save:
+        Registry.objects.update_or_create(host=registry, defaults={"username": username, "password": password})
+    audit.record(request, "registry.login", None, registry=registry, username=username, saved=save)
+
+
+#
 # Import, load, save: the bytes travel as files under DATA_DIR, the worker does the work
 #
 

@@ -14,6 +14,11 @@ def pull_image(job_id: int, credentials: list[str] | None = None) -> None:
 
 
 @shared_task
+def push_image(job_id: int, credentials: list[str] | None = None) -> None:
+    services.push_image(job_id, credentials)
+
+
+@shared_task
 def import_image(job_id: int) -> None:
     services.import_image(job_id)
 

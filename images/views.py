@@ -16,8 +16,8 @@ from runtime.engine import split_search_term
 from runtime.errors import EngineError, NotFound
 
 from . import services
-from .forms import ImportForm, LoadForm, PullForm, SearchForm, TagForm
-from .models import Image
+from .forms import ImportForm, LoadForm, PullForm, RegistryForm, SearchForm, TagForm
+from .models import Image, Registry
 
 
 def image_list(request):
@@ -93,6 +93,49 @@ def image_load(request):
         messages.error(request, f"Cannot load: {e}")
         return redirect("images:image_list")
     return redirect("job_detail", job.pk)
+
+
+@require_POST
+@permission_required("images.change_image", raise_exception=True)
+def image_push(request, name: str):
+    """``docker push TAG``: a job with one progress bar per layer."""
+    image = _get_image(name)
+    tag = request.POST.get("tag", "")
+    try:
+        job = services.request_push(tag, request.user, request)
+    except EngineError as e:
+        messages.error(request, f"Cannot push {tag}: {e}")
+        return redirect("images:image_detail", image.short_id)
+    return redirect("job_detail", job.pk)
+
+
+def registry_list(request):
+    """Registries Berth keeps credentials for; adding one checks the credentials first (docker login)."""
+    form = RegistryForm(request.POST or None)
+    if request.method == "POST":
+        if not request.user.has_perm("images.add_registry"):
+            messages.error(request, "You may not add registries.")
+        elif form.is_valid():
+            data = form.cleaned_data
+            try:
+                if data["username"]:
+                    services.login(data["host"], data["username"], data["password"], save=True, request=request)
+                else:
+                    Registry.objects.update_or_create(host=data["host"], defaults={"insecure": data["insecure"]})
+                Registry.objects.filter(host=data["host"]).update(insecure=data["insecure"])
+                messages.success(request, f"Login Succeeded: {data['host']}")
+                return redirect("images:registry_list")
+            except EngineError as e:
+                messages.error(request, f"Cannot log in to {data['host']}: {e}")
+    return render(request, "images/registry_list.html", {"registries": Registry.objects.all(), "form": form})
+
+
+@require_POST
+@permission_required("images.delete_registry", raise_exception=True)
+def registry_remove(request, pk: int):
+    Registry.objects.filter(pk=pk).delete()
+    messages.success(request, "Registry credentials removed.")
+    return redirect("images:registry_list")
 
 
 @require_POST

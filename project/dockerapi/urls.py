@@ -13,6 +13,7 @@ urlpatterns = [
     path("_ping", system.ping, name="ping"),
     path("version", system.version, name="version"),
     path("info", system.info, name="info"),
+    path("auth", images_api.auth, name="auth"),
     # Images. Names may hold slashes and colons (127.0.0.1:5000/team/app:v2), so the fixed
     # paths come first and the name patterns end with the action.
     path("images/json", images_api.image_list, name="image_list"),
@@ -25,5 +26,6 @@ urlpatterns = [
     re_path(r"^images/(?P<name>.+)/json$", images_api.image_inspect, name="image_inspect"),
     re_path(r"^images/(?P<name>.+)/history$", images_api.image_history, name="image_history"),
     re_path(r"^images/(?P<name>.+)/tag$", images_api.image_tag, name="image_tag"),
+    re_path(r"^images/(?P<name>.+)/push$", images_api.image_push, name="image_push"),
     re_path(r"^images/(?P<name>[^/].*)$", images_api.image_delete, name="image_delete"),
 ]

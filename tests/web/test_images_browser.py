@@ -107,3 +107,39 @@ def test_a_running_pull_is_cancelled_from_its_job_page(logged_in_page, big_image
     expect(page.locator("#job-status")).to_have_text("Cancelled", timeout=20000)
     page.goto("/images/")
     expect(page.locator("#images")).not_to_contain_text("test/big")
+
+
+def test_saved_registry_credentials_let_berth_push_and_pull(logged_in_page, auth_registry, busybox_image):
+    page = logged_in_page
+    host = auth_registry.host
+    page.goto("/images/registries/")
+    page.fill("#registry-form input[name=host]", host)
+    page.fill("#registry-form input[name=username]", "berth")
+    page.fill("#registry-form input[name=password]", "wrong-password")
+    page.click("#registry-form button")
+    expect(page.locator(".messages")).to_contain_text(f"Cannot log in to {host}")
+    expect(page.locator("#registries")).not_to_contain_text(host)
+    page.fill("#registry-form input[name=host]", host)
+    page.fill("#registry-form input[name=username]", "berth")
+    page.fill("#registry-form input[name=password]", "s3cret-test")
+    page.click("#registry-form button")
+    expect(page.locator(".messages")).to_contain_text("Login Succeeded")
+    expect(page.locator("#registries")).to_contain_text(host)
+    # Pull busybox, tag it into the private registry, push it from the image page.
+    page.goto("/images/")
+    page.fill("#pull-form input[name=reference]", busybox_image.references[0])
+    page.click("#pull-form button")
+    expect(page.locator("#job-status")).to_have_text("Succeeded", timeout=30000)
+    page.click("#job-result")
+    target = f"{host}/browser/busybox:pushed"
+    page.fill("input[name=target]", target)
+    page.get_by_role("button", name="Tag", exact=True).click()
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name=f"Push {target}").click()
+    expect(page.locator("#job-status")).to_have_text("Succeeded", timeout=30000)
+    expect(page.locator("#job-log")).to_contain_text("pushed: digest: sha256:")
+    # And pull it back through Berth with the saved credentials.
+    page.goto("/images/")
+    page.fill("#pull-form input[name=reference]", target)
+    page.click("#pull-form button")
+    expect(page.locator("#job-status")).to_have_text("Succeeded", timeout=30000)

@@ -175,3 +175,42 @@ def test_ctrl_c_on_docker_pull_cancels_the_pull(berth, tmp_path, big_image, slow
     assert job["status"] == "cancelled", job
     status, _ = berth.json("GET", f"/v1.41/images/{ref}/json")
     assert status == 404
+
+
+def test_docker_push_then_pull_back_gives_the_same_image(docker, registry, busybox_image):
+    docker("pull", busybox_image.references[0])
+    target = f"{registry.host}/pushed/busybox:cli"
+    docker("tag", busybox_image.references[0], target)
+    out = docker("push", target).stdout
+    assert f"The push refers to repository [{registry.host}/pushed/busybox]" in out
+    assert "cli: digest: sha256:" in out
+    pushed_digest = out.split("digest: ")[1].split()[0]
+    inspect = subprocess.run(["skopeo", "inspect", "--tls-verify=false", f"docker://{target}"],
+                             capture_output=True, text=True, timeout=60)
+    assert inspect.returncode == 0, inspect.stderr
+    assert json.loads(inspect.stdout)["Digest"] == pushed_digest
+    image_id = docker("image", "inspect", "--format", "{{.Id}}", target).stdout.strip()
+    docker("rmi", target)
+    docker("pull", target)
+    assert docker("image", "inspect", "--format", "{{.Id}}", target).stdout.strip() == image_id
+
+
+def test_docker_login_then_push_and_pull_with_basic_auth(docker, auth_registry, busybox_image):
+    host = auth_registry.host
+    docker("pull", busybox_image.references[0])
+    target = f"{host}/private/busybox:v1"
+    docker("tag", busybox_image.references[0], target)
+    refused = docker("push", target, check=False)
+    assert refused.returncode != 0, "a push without credentials must be refused"
+    login = docker("login", "-u", "berth", "-p", "s3cret-test", host)
+    assert "Login Succeeded" in login.stdout
+    assert "digest: sha256:" in docker("push", target).stdout
+    docker("rmi", target)
+    assert "Downloaded newer image" in docker("pull", target).stdout
+    docker("image", "inspect", target)
+
+
+def test_a_wrong_registry_password_is_refused(docker, auth_registry):
+    result = docker("login", "-u", "berth", "-p", "not-it", auth_registry.host, check=False)
+    assert result.returncode != 0
+    assert "401" in result.stderr or "unauthorized" in result.stderr.lower() or "failed" in result.stderr
