@@ -169,7 +169,12 @@ def image_detail(request, name: str):
     engine = get_engine()
     inspect = engine.images.inspect(image.digest)
     history = engine.images.history(image.digest)
-    layers = image.image_layers.select_related("layer").order_by("-position")
+    layers = list(image.image_layers.select_related("layer").order_by("position"))
+    # The config's history steps that made a layer are, in order, the image's layers.
+    steps = [h for h in (image.config.get("history") or []) if not h.get("empty_layer")]
+    for link, step in zip(layers, steps):
+        link.created_by = step.get("created_by", "")
+    layers.reverse()
     return render(request, "images/image_detail.html", {
         "image": image, "tags": image.tags.all(), "layers": layers, "history": history,
         "inspect_json": json.dumps(inspect, indent=2), "tag_form": TagForm(),

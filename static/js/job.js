@@ -23,9 +23,17 @@
       progress.appendChild(row);
       bars[e.id] = row;
     }
+    var now = Date.now(), current = e.current || 0;
+    if (row.lastTime && now > row.lastTime) {
+      // Bytes per second, smoothed over the last updates.
+      var rate = (current - row.lastBytes) * 1000 / (now - row.lastTime);
+      row.rate = row.rate ? 0.7 * row.rate + 0.3 * rate : rate;
+    }
+    row.lastTime = now; row.lastBytes = current;
     row.children[1].max = e.total;
-    row.children[1].value = e.current || 0;
-    row.children[2].textContent = (e.status || "") + " " + (e.progress || "").replace(/^\[[^\]]*\]\s*/, "");
+    row.children[1].value = current;
+    var speed = row.rate ? " " + (row.rate / 1e6).toFixed(1) + " MB/s" : "";
+    row.children[2].textContent = (e.status || "") + " " + (e.progress || "").replace(/^\[[^\]]*\]\s*/, "") + speed;
   }
 
   ws.onmessage = function (msg) {

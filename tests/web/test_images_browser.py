@@ -20,12 +20,14 @@ def test_pull_from_the_images_page_shows_the_job_and_the_image(logged_in_page, m
     expect(page.locator("#tags")).to_contain_text(ref)
     expect(page.locator("#layers tbody tr")).to_have_count(3)
     expect(page.locator("#history")).to_contain_text("rm /data/a.txt, replace /opq")
+    expect(page.locator("#layers tbody tr").first).to_contain_text("rm /data/a.txt, replace /opq")
     expect(page.locator("#inspect")).to_contain_text('"RootFS"')
     # Tag it, see the tag, then remove the image.
     page.fill("input[name=target]", "browser/tagged:v1")
     page.get_by_role("button", name="Tag", exact=True).click()
     expect(page.locator("#tags")).to_contain_text("browser/tagged:v1")
     page.check("input[name=force]")
+    page.once("dialog", lambda dialog: dialog.accept())  # "Remove image ...?"
     page.get_by_role("button", name="Remove image").click()
     expect(page.locator(".messages")).to_contain_text("Deleted")
     expect(page.locator("#images")).not_to_contain_text(ref)
@@ -73,6 +75,7 @@ def test_import_from_the_page_then_save_and_load_the_archive(logged_in_page, tmp
     assert "browser/imported:v1" in manifest
     # Remove the image, then load the archive back from the page.
     page.goto("/images/")
+    page.once("dialog", lambda dialog: dialog.accept())
     page.locator("#images tr", has_text="browser/imported").get_by_role("button", name="Remove").click()
     expect(page.locator("#images")).not_to_contain_text("browser/imported")
     page.click("#import-load summary")
@@ -103,6 +106,7 @@ def test_a_running_pull_is_cancelled_from_its_job_page(logged_in_page, big_image
     page.click("#pull-form button")
     # One progress bar per layer, moving live.
     expect(page.locator("#job-progress .row progress").first).to_be_visible(timeout=20000)
+    expect(page.locator("#job-progress .row").last).to_contain_text("MB/s", timeout=20000)
     page.get_by_role("button", name="Cancel").click()
     expect(page.locator("#job-status")).to_have_text("Cancelled", timeout=20000)
     page.goto("/images/")
