@@ -27,8 +27,8 @@ def publish(group: str, event: dict) -> None:
         return
     try:
         async_to_sync(layer.group_send)(group, {"type": "event.message", "event": event})
-    except Exception:
-        logger.exception("could not publish %s to %s", event.get("type"), group)
+    except Exception as e:  # Redis down or unreachable: the operation itself went through
+        logger.warning("could not publish %s to %s: %s", event.get("type"), group, e)
 
 
 def publish_on_commit(group: str, event: dict) -> None:

@@ -206,3 +206,24 @@ def slow_registry(registry):
     proxy = ThrottledProxy(registry.host, rate=1 << 20)
     yield proxy
     proxy.stop()
+
+
+@pytest.fixture
+def unique_image(registry, tmp_path):
+    """Make a new image no other test has (busybox plus a layer of its own) and push it; return it.
+
+    Tests that expect a cold pull or a real deletion use it, so the order of tests does not matter.
+    """
+    import uuid
+
+    def make(name: str = "unique") -> BuiltImage:
+        marker = uuid.uuid4().hex[:10]
+        layers = [busybox_layer(), {"etc": Dir(), "etc/marker": f"{marker}\n".encode()}]
+        image = build_image(str(tmp_path / f"layout-{marker}"), "latest", layers,
+                            history=["busybox", f"add /etc/marker {marker}"])
+        repository = f"test/{name}-{marker}"
+        registry.push(image, repository, "latest")
+        image.references = [f"{registry.host}/{repository}:latest"]
+        return image
+
+    return make

@@ -6,15 +6,16 @@ from playwright.sync_api import expect
 pytestmark = [pytest.mark.live, pytest.mark.browser]
 
 
-def test_pull_from_the_images_page_shows_the_job_and_the_image(logged_in_page, multilayer_image):
+def test_pull_from_the_images_page_shows_the_job_and_the_image(logged_in_page, multilayer_image, registry):
     page = logged_in_page
-    ref = multilayer_image.references[0]
+    # Its own repository: another test may have pulled the multilayer image already.
+    registry.push(multilayer_image, "test/multilayer-browser", "latest")
+    ref = f"{registry.host}/test/multilayer-browser:latest"
     page.goto("/images/")
     page.fill("#pull-form input[name=reference]", ref)
     page.click("#pull-form button")
     expect(page.locator("h1")).to_contain_text("Pull")
     expect(page.locator("#job-status")).to_have_text("Succeeded", timeout=60000)
-    expect(page.locator("#job-log")).to_contain_text("Pull complete")
     expect(page.locator("#job-log")).to_contain_text("Downloaded newer image")
     page.click("#job-result")
     expect(page.locator("#tags")).to_contain_text(ref)
@@ -147,3 +148,7 @@ def test_saved_registry_credentials_let_berth_push_and_pull(logged_in_page, auth
     page.fill("#pull-form input[name=reference]", target)
     page.click("#pull-form button")
     expect(page.locator("#job-status")).to_have_text("Succeeded", timeout=30000)
+    # Forget the credentials again: other tests expect Berth to hold none.
+    page.goto("/images/registries/")
+    page.locator("#registries tr", has_text=host).get_by_role("button", name="Remove").click()
+    expect(page.locator("#registries")).not_to_contain_text(host)
