@@ -19,7 +19,6 @@ import fcntl
 import json
 import os
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Callable
@@ -90,6 +89,67 @@ class _TeeWriter:
     def write(self, data: bytes):
         self.ingest.write(data)
         self.pipe.write(data)
+
+
+class _ProgressPump:
+    """Sends the layers' "Downloading" messages from a thread of its own.
+
+    A download thread only records its count (``update``); the pump sends the latest count of each
+    layer at most every PROGRESS_INTERVAL. So a slow progress callback (a database write, a broker
+    round trip) never holds up a download. ``finish(sid)`` sends that layer's last count before the
+    caller's next message about it, and no "Downloading" of it follows. An error raised by the
+    callback in the pump's thread is raised again by the next ``update`` or ``finish``.
+    """
+
+    def __init__(self, emit: Progress, interval: float = PROGRESS_INTERVAL):
+        self._emit = emit
+        self._interval = interval
+        self._pending: dict[str, tuple[int, int]] = {}
+        self._finished: set[str] = set()
+        self._lock = threading.Lock()  # guards _pending and _finished
+        self._send_lock = threading.Lock()  # one sender at a time, so finish() waits for the pump
+        self._error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pull-progress", daemon=True)
+        self._thread.start()
+
+    def update(self, sid: str, done: int, total: int) -> None:
+        if self._error is not None:
+            raise self._error
+        with self._lock:
+            if sid not in self._finished:
+                self._pending[sid] = (done, total)
+
+    def finish(self, sid: str) -> None:
+        """Send ``sid``'s last count now; send nothing more for it."""
+        with self._send_lock:
+            with self._lock:
+                self._finished.add(sid)
+                pending = self._pending.pop(sid, None)
+            if pending is not None:
+                self._send(sid, *pending)
+        if self._error is not None:
+            raise self._error
+
+    def close(self) -> None:
+        """Stop the thread (counts still pending are dropped: their layers failed or were cancelled)."""
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            with self._send_lock:
+                with self._lock:
+                    batch, self._pending = self._pending, {}
+                try:
+                    for sid, (done, total) in batch.items():
+                        self._send(sid, done, total)
+                except BaseException as exc:  # raised again in a pull thread, which fails the pull
+                    self._error = exc
+
+    def _send(self, sid: str, done: int, total: int) -> None:
+        self._emit({"status": "Downloading", "progressDetail": {"current": done, "total": total},
+                    "progress": progress_bar(done, total), "id": sid})
 
 
 class Puller:
@@ -176,15 +236,21 @@ class Puller:
         def stop() -> bool:
             return failed.is_set() or is_cancelled()
 
+        pump = _ProgressPump(emit)
+
         def pull_one(d, chain, parent, diff_id):
             try:
-                return self._pull_layer(client, ref, d, chain, parent, diff_id, emit, stop)
+                return self._pull_layer(client, ref, d, chain, parent, diff_id, emit, stop, pump)
             except BaseException:
                 failed.set()
                 raise
 
-        with ThreadPoolExecutor(max_workers=MAX_PARALLEL, thread_name_prefix="pull") as pool:
-            futures = [pool.submit(pull_one, *args) for args in zip(descriptors, chains, parents, diff_ids)]
+        try:
+            with ThreadPoolExecutor(max_workers=MAX_PARALLEL, thread_name_prefix="pull") as pool:
+                futures = [pool.submit(pull_one, *args)
+                           for args in zip(descriptors, chains, parents, diff_ids)]
+        finally:
+            pump.close()
         errors = [f.exception() for f in futures if f.exception() is not None]
         if errors:
             # Report the cause, not the Cancelled of the layers it stopped.
@@ -221,7 +287,8 @@ class Puller:
             pass
         return data
 
-    def _pull_layer(self, client, ref, descriptor: Descriptor, chain_id, parent, diff_id, emit, is_cancelled) -> Layer:
+    def _pull_layer(self, client, ref, descriptor: Descriptor, chain_id, parent, diff_id, emit, is_cancelled,
+                    pump: _ProgressPump) -> Layer:
         """Make sure one layer is unpacked: already there, from a stored blob, or downloaded."""
         sid = short_id(descriptor.digest)
         if self.layers.exists(chain_id):
@@ -234,7 +301,8 @@ class Puller:
             if is_cancelled():
                 raise Cancelled(f"pull of {ref.familiar} cancelled")
             if not self.store.has_blob(descriptor.digest):
-                self._download_and_apply(client, ref, descriptor, chain_id, parent, diff_id, emit, is_cancelled)
+                self._download_and_apply(client, ref, descriptor, chain_id, parent, diff_id, emit,
+                                         is_cancelled, pump)
             if not self.layers.exists(chain_id):
                 emit({"status": "Extracting", "progressDetail": {}, "id": sid})
                 with self.store.open_blob(descriptor.digest) as blob:
@@ -243,7 +311,8 @@ class Puller:
             emit({"status": "Pull complete", "progressDetail": {}, "id": sid})
             return self.layers.get(chain_id)
 
-    def _download_and_apply(self, client, ref, descriptor, chain_id, parent, diff_id, emit, is_cancelled):
+    def _download_and_apply(self, client, ref, descriptor, chain_id, parent, diff_id, emit, is_cancelled,
+                            pump: _ProgressPump):
         """Download a layer blob into the store while unpacking it, in a second thread, from a pipe."""
         sid = short_id(descriptor.digest)
         try:
@@ -267,16 +336,11 @@ class Puller:
 
         thread = threading.Thread(target=unpack, name=f"unpack-{sid}", daemon=True)
         thread.start()
-        last = [0.0]
 
         def on_progress(done: int, total: int):
             if is_cancelled():
                 raise Cancelled(f"pull of {ref.familiar} cancelled")
-            now = time.monotonic()
-            if now - last[0] >= PROGRESS_INTERVAL or done == total:
-                last[0] = now
-                emit({"status": "Downloading", "progressDetail": {"current": done, "total": total},
-                      "progress": progress_bar(done, total), "id": sid})
+            pump.update(sid, done, total)
 
         try:
             with ingest:
@@ -295,6 +359,7 @@ class Puller:
                 thread.join()
                 if "error" in outcome:
                     raise outcome["error"]
+                pump.finish(sid)
                 emit({"status": "Download complete", "progressDetail": {}, "id": sid})
                 try:
                     ingest.commit()
