@@ -10,7 +10,15 @@ from django.http import FileResponse, HttpResponse, StreamingHttpResponse
 from project.choices import TERMINAL_JOB_STATES
 from project.models import Job
 
-from project.dockerapi.base import ApiError, docker_endpoint, json_body, json_response, require_perm
+from project.dockerapi.base import (
+    ApiError,
+    docker_endpoint,
+    json_body,
+    json_response,
+    query_bool,
+    query_filters,
+    require_perm,
+)
 from project.dockerapi.streams import job_stream
 from project.engine import get_engine
 from runtime.errors import Unauthorized
@@ -45,24 +53,6 @@ class DeletingFileResponse(FileResponse):
             os.unlink(self._staged_path)
         except FileNotFoundError:
             pass
-
-
-def query_bool(request, name: str) -> bool:
-    return request.GET.get(name, "").lower() in ("1", "true", "yes")
-
-
-def query_filters(request) -> dict:
-    """Docker's ``filters`` parameter: JSON of {name: [values]} (or {name: {value: true}})."""
-    raw = request.GET.get("filters")
-    if not raw:
-        return {}
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        raise ApiError(f"invalid filters: {raw}") from None
-    if not isinstance(value, dict):
-        raise ApiError(f"invalid filters: {raw}")
-    return {k: (list(v) if isinstance(v, (dict, list)) else [v]) for k, v in value.items()}
 
 
 def registry_auth(request) -> tuple[str, str] | None:

@@ -121,3 +121,40 @@ def json_body(request) -> dict:
 
 def json_response(data, status: int = 200) -> JsonResponse:
     return JsonResponse(data, status=status, safe=False)
+
+
+#
+# Query parameters, as dockerd reads them
+#
+
+def query_bool(request, name: str, default: bool = False) -> bool:
+    """``?name=1|true|yes`` (absent: ``default``)."""
+    value = request.GET.get(name)
+    if value is None:
+        return default
+    return value.lower() in ("1", "true", "yes")
+
+
+def query_int(request, name: str, default=None):
+    """An integer parameter; a bad one is a 400 naming it."""
+    value = request.GET.get(name)
+    if value in (None, ""):
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ApiError(f"invalid value for {name}: {value}") from None
+
+
+def query_filters(request) -> dict:
+    """Docker's ``filters`` parameter: JSON of {name: [values]} (or {name: {value: true}})."""
+    raw = request.GET.get("filters")
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        raise ApiError(f"invalid filters: {raw}") from None
+    if not isinstance(value, dict):
+        raise ApiError(f"invalid filters: {raw}")
+    return {k: (list(v) if isinstance(v, (dict, list)) else [v]) for k, v in value.items()}
