@@ -230,6 +230,10 @@ class VolumeStore:
             self.create(name, labels)
             return self.data_path(name)
 
+    def mountpoint(self, name: str) -> str:
+        """The host path to mount for the volume ``name``: ``ensure(name)`` (runtime.containers calls this)."""
+        return self.ensure(name)
+
     #
     # Removing
     #

@@ -112,6 +112,7 @@ def test_ensure_creates_on_first_use_and_is_safe_from_many_threads(volumes):
     with ThreadPoolExecutor(8) as pool:
         paths = list(pool.map(lambda _: volumes.ensure("shared"), range(16)))
     assert len(set(paths)) == 1 and os.path.isdir(paths[0])
+    assert volumes.mountpoint("shared") == paths[0] == volumes.get("shared")["Mountpoint"]
     assert [v["Name"] for v in volumes.list()] == ["shared"]
     assert not [n for n in os.listdir(volumes.volumes_dir) if n.startswith(".tmp-")]
 
