@@ -5,6 +5,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import stat
 import subprocess
 import tarfile
@@ -18,7 +19,7 @@ from runtime.images import ImageStore
 from runtime.layers import LayerStore, chain_id_of
 from runtime.rootfs import mount_rootfs, unmount_rootfs
 from runtime.store import Store
-from tests.support.registry import Dir, File, Symlink, make_layer_tar
+from tests.support.registry import Dir, File, Symlink, busybox_layer, make_layer_tar
 
 CONTAINER_PASSWD = b"root:x:0:0:container root:/root:/bin/sh\n"
 
@@ -514,3 +515,47 @@ def test_go_file_modes():
     assert fsops.go_file_mode(stat.S_IFDIR | 0o1777) == (1 << 31) | (1 << 20) | 0o777
     assert fsops.go_file_mode(stat.S_IFCHR | 0o666) == (1 << 26) | (1 << 21) | 0o666
     assert fsops.go_file_mode(stat.S_IFLNK | 0o777) == (1 << 27) | 0o777
+
+
+#
+# With a real runc
+#
+
+
+@pytest.mark.skipif(shutil.which("runc") is None, reason="runc is not installed")
+def test_a_container_run_by_runc_diffs_and_commits_only_what_its_command_changed(engine, tmp_path):
+    """runc creates the bind mounts' targets (/etc/hosts...) and /proc, /sys, /dev in the upper
+    dir; like Docker's init layer, diff and commit do not show them."""
+    image = engine.image([busybox_layer()[0]])
+    ctr_dir, merged = engine.container(image)
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    subprocess.run(["runc", "spec", "-b", str(bundle)], check=True)
+    spec = json.loads((bundle / "config.json").read_text())
+    spec["root"] = {"path": merged, "readonly": False}
+    spec["process"]["terminal"] = False
+    spec["process"]["args"] = ["sh", "-c", "echo hi > /tmp/x && rm /etc/group"]
+    spec["linux"]["namespaces"] = [{"type": t} for t in ("pid", "ipc", "uts", "mount")]
+    for name in ("hosts", "hostname", "resolv.conf"):
+        (tmp_path / name).write_text("")
+        spec["mounts"].append({"destination": f"/etc/{name}", "type": "bind", "source": str(tmp_path / name),
+                               "options": ["rbind", "rprivate"]})
+    (bundle / "config.json").write_text(json.dumps(spec))
+    cid = f"berth-fsops-{os.getpid()}"
+    try:
+        result = subprocess.run(["runc", "run", "-b", str(bundle), cid], capture_output=True, text=True, timeout=60)
+    finally:
+        subprocess.run(["runc", "delete", "-f", cid], capture_output=True)
+    assert result.returncode == 0, result.stderr
+    upper = str(ctr_dir / "upper")
+    assert os.path.exists(os.path.join(upper, "etc", "hosts")) and os.path.isdir(os.path.join(upper, "proc"))
+
+    assert fsops.diff(upper, engine.lower_dirs(image)) == [
+        {"Path": "/etc", "Kind": 0},
+        {"Path": "/etc/group", "Kind": 2},
+        {"Path": "/tmp", "Kind": 0},
+        {"Path": "/tmp/x", "Kind": 1},
+    ]
+    out = io.BytesIO()
+    fsops.commit_layer(upper, out, lower_dirs=engine.lower_dirs(image))
+    assert list(members(out.getvalue())) == ["etc", "etc/.wh.group", "tmp", "tmp/x"]

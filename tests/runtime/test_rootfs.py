@@ -217,3 +217,25 @@ def test_is_mounted_reads_escaped_mount_points(root):
     merged = mount_rootfs(str(ctr), lowers, links_dir=str(root / "l"))
     assert is_mounted(merged)
     assert not is_mounted(str(ctr))
+
+
+def test_threads_mount_long_chains_at_once_sharing_the_links(root):
+    from concurrent.futures import ThreadPoolExecutor
+
+    deep = root / ("d" * 100)
+    lowers = []
+    for i in range(120):
+        layer = deep / "layers" / f"{i:03d}-{'x' * 60}" / "diff"
+        layer.mkdir(parents=True)
+        (layer / "top").write_text(str(i))
+        lowers.append(str(layer))
+    links = str(deep / "l")
+
+    def mount(n):
+        return mount_rootfs(str(root / "containers" / f"c{n}"), lowers, links_dir=links)
+
+    with ThreadPoolExecutor(4) as pool:
+        merged = list(pool.map(mount, range(8)))
+
+    assert all(open(os.path.join(m, "top")).read() == "119" for m in merged)
+    assert len(os.listdir(links)) == 120
