@@ -8,7 +8,7 @@ On disk (the layout of containers/storage's drivers/overlay/overlay.go, written 
     <root>/containers/<id>/upper/        the container's read-write layer (overlay upperdir)
     <root>/containers/<id>/work/         overlay's scratch space (workdir), same filesystem as upper
     <root>/containers/<id>/merged/       the mount point: what the container sees as /
-    <root>/containers/<id>/empty/        an empty lowerdir, only for an image with no layers
+    <root>/l/.empty/                     an empty lowerdir, for images with no layers (FROM scratch)
 
 Why the short links. mount(2) copies at most one page (4096 bytes) of options, and a lowerdir
 option of full layer paths (``/var/lib/berth/layers/<64 hex>/diff``, ~90 bytes each) overflows it
@@ -37,10 +37,12 @@ import secrets
 
 from runtime.errors import EngineError, InvalidArgument
 
-__all__ = ["LINK_LENGTH", "clean_links", "is_mounted", "layer_link", "mount_rootfs", "unmount_rootfs"]
+__all__ = ["EMPTY_DIR", "LINK_LENGTH", "clean_links", "is_mounted", "layer_link", "mount_rootfs", "unmount_rootfs"]
 
 # Length of a link name under l/, as in containers/storage (idLength 26 base32 characters).
 LINK_LENGTH = 26
+# The empty lower dir of an image with no layers, under l/.
+EMPTY_DIR = ".empty"
 # mount(2) copies one page of options, NUL terminator included.
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 _OPTIONS = "index=off,redirect_dir=off,metacopy=off"
@@ -95,9 +97,9 @@ def mount_rootfs(container_dir: str, lower_dirs: list[str], *, links_dir: str) -
     if lower_dirs:
         names = [layer_link(links_dir, lower) for lower in lower_dirs]
     else:
-        empty = os.path.join(container_dir, "empty")
-        _mkdir(empty, 0o755)
-        names = [layer_link(links_dir, empty)]
+        # Overlay needs a lower dir: one shared empty directory, by its own (short) name.
+        _mkdir(os.path.join(links_dir, EMPTY_DIR), 0o755)
+        names = [EMPTY_DIR]
     names.reverse()  # Overlay lists the top layer first.
 
     if is_mounted(merged):
@@ -227,6 +229,8 @@ def clean_links(links_dir: str) -> int:
     except FileNotFoundError:
         return 0
     for entry in entries:
+        if entry.name == EMPTY_DIR:
+            continue
         if entry.name.startswith(".tmp-") or not os.path.exists(entry.path):
             try:
                 os.unlink(entry.path)

@@ -129,7 +129,11 @@ def test_an_image_with_no_layers_gets_an_empty_rootfs(root):
     assert os.listdir(merged) == []
     (ctr / "merged" / "file").write_text("x")
     assert (ctr / "upper" / "file").read_text() == "x"
-    assert os.listdir(ctr / "empty") == []
+    assert os.listdir(root / "l" / ".empty") == []
+    # A second scratch container shares the empty lower dir; cleaning links keeps it.
+    mount_rootfs(str(root / "containers" / "scratch2"), [], links_dir=str(root / "l"))
+    assert os.listdir(root / "l") == [".empty"]
+    assert clean_links(str(root / "l")) == 0
 
 
 def test_a_chain_of_120_layers_fits_the_mount_options(root):
