@@ -113,7 +113,8 @@ def _is_opaque(fd: int) -> bool:
         raise
 
 
-def _lower_lookup(lower_fds: list[int], leaf: str, open_dirs: bool) -> tuple[os.stat_result | None, list[int]]:
+def _lower_lookup(lower_fds: list[int], leaf: str,
+                  open_dirs: bool) -> tuple[os.stat_result | None, list[int]]:
     """Look ``leaf`` up in one merged directory of the lower layers, as overlayfs does.
 
     ``lower_fds`` are that directory's fds in each layer where it is a directory, TOP FIRST.
@@ -245,7 +246,8 @@ def mount_point_leftovers(upper_dir: str, lower_dirs: list[str] | None) -> set[s
             finally:
                 os.close(fd)
             below = _lower_stat(lowers, parts)
-            if below is not None and (below.st_mode, below.st_uid, below.st_gid) != (st.st_mode, st.st_uid, st.st_gid):
+            owner_and_mode = (st.st_mode, st.st_uid, st.st_gid)
+            if below is not None and (below.st_mode, below.st_uid, below.st_gid) != owner_and_mode:
                 continue
             found.add(parent)
         return found
@@ -682,9 +684,11 @@ class _Extractor:
             if existing is not None:
                 is_dir = stat.S_ISDIR(existing.st_mode)
                 if self.no_overwrite and is_dir and not member.isdir():
-                    raise InvalidArgument(f"cannot overwrite directory {self._show(parts)} with non-directory {name}")
+                    raise InvalidArgument(
+                        f"cannot overwrite directory {self._show(parts)} with non-directory {name}")
                 if self.no_overwrite and not is_dir and member.isdir():
-                    raise InvalidArgument(f"cannot overwrite non-directory {self._show(parts)} with directory {name}")
+                    raise InvalidArgument(
+                        f"cannot overwrite non-directory {self._show(parts)} with directory {name}")
                 if not (is_dir and member.isdir()):
                     if is_dir:
                         shutil.rmtree(leaf, dir_fd=parent_fd)
@@ -707,7 +711,8 @@ class _Extractor:
                     os.mkfifo(leaf, 0o600, dir_fd=parent_fd)
                 else:
                     kind = stat.S_IFCHR if member.ischr() else stat.S_IFBLK
-                    os.mknod(leaf, kind | 0o600, os.makedev(member.devmajor, member.devminor), dir_fd=parent_fd)
+                    dev = os.makedev(member.devmajor, member.devminor)
+                    os.mknod(leaf, kind | 0o600, dev, dir_fd=parent_fd)
                 self._node_metadata(member, parent_fd, leaf, symlink=False)
             else:
                 raise UnsafeArchive(f"entry {name!r} has unsupported tar type {member.type!r}")
@@ -780,7 +785,8 @@ class _Extractor:
         try:
             os.link(target[-1], leaf, src_dir_fd=target_fd, dst_dir_fd=parent_fd, follow_symlinks=False)
         except FileNotFoundError:
-            raise UnsafeArchive(f"entry {member.name!r}: hardlink target {member.linkname!r} is gone") from None
+            raise UnsafeArchive(
+                f"entry {member.name!r}: hardlink target {member.linkname!r} is gone") from None
         finally:
             os.close(target_fd)
 
@@ -920,7 +926,8 @@ def commit_image(
             new_layers.append(layer)
             descriptors.append({"digest": diff_id, "media_type": MEDIA_TYPE_OCI_LAYER, "size": size})
 
-        config = _child_config(parent, container_config, user_config, diff_ids=[x.diff_id for x in new_layers],
+        config = _child_config(parent, container_config, user_config,
+                               diff_ids=[x.diff_id for x in new_layers],
                                message=message, author=author, empty=empty, container_id=container_id)
         data = json.dumps(config, separators=(",", ":"), sort_keys=True).encode()
         return images.add(data, new_layers, layer_descriptors=descriptors, reference=ref)

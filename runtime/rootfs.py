@@ -37,7 +37,9 @@ import secrets
 
 from runtime.errors import EngineError, InvalidArgument
 
-__all__ = ["EMPTY_DIR", "LINK_LENGTH", "clean_links", "is_mounted", "layer_link", "mount_rootfs", "unmount_rootfs"]
+__all__ = [
+    "EMPTY_DIR", "LINK_LENGTH", "clean_links", "is_mounted", "layer_link", "mount_rootfs", "unmount_rootfs",
+]
 
 # Length of a link name under l/, as in containers/storage (idLength 26 base32 characters).
 LINK_LENGTH = 26

@@ -125,7 +125,8 @@ def resolve(root_fd: int, parts: list[str], *, follow_final: bool = False, must_
                             rest.append(p)
                     for fd in stack[:-1]:
                         os.close(fd)
-                    return Resolved(names=rest, parent_fd=stack[-1], leaf=rest[-1] if rest else None, stat=None)
+                    leaf = rest[-1] if rest else None
+                    return Resolved(names=rest, parent_fd=stack[-1], leaf=leaf, stat=None)
                 raise NotFound(f"{_show(names, part)} does not exist") from None
             if stat.S_ISLNK(st.st_mode) and (follow_final or not final):
                 links += 1

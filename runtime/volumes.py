@@ -53,7 +53,8 @@ InUse = Callable[[str], "bool | list[str] | str | None"]
 def validate_name(name: str) -> None:
     """Raise InvalidArgument, in Docker's words, unless ``name`` is a valid local volume name."""
     if not isinstance(name, str) or len(name) < 2:
-        raise InvalidArgument("volume name is too short, names should be at least two alphanumeric characters")
+        raise InvalidArgument(
+            "volume name is too short, names should be at least two alphanumeric characters")
     if not _NAME_RE.fullmatch(name):
         raise InvalidArgument(
             f'"{name}" includes invalid characters for a local volume name, only "[a-zA-Z0-9][a-zA-Z0-9_.-]" '
@@ -179,7 +180,8 @@ class VolumeStore:
         if driver not in ("", DRIVER):
             raise InvalidArgument(f"error looking up volume plugin {driver}: plugin \"{driver}\" not found")
         if options:
-            raise InvalidArgument(f"volume options are not supported by this driver: {', '.join(sorted(options))}")
+            raise InvalidArgument(
+                f"volume options are not supported by this driver: {', '.join(sorted(options))}")
         if name is None or name == "":
             name = secrets.token_hex(32)
         validate_name(name)
@@ -231,7 +233,7 @@ class VolumeStore:
             return self.data_path(name)
 
     def mountpoint(self, name: str) -> str:
-        """The host path to mount for the volume ``name``: ``ensure(name)`` (runtime.containers calls this)."""
+        """The host path to mount for the volume ``name``, created on first use (for runtime.containers)."""
         return self.ensure(name)
 
     #

@@ -75,7 +75,8 @@ class Engine:
             "created": "2024-01-01T00:00:00Z",
             "config": {"Cmd": cmd or ["/bin/app"], "Env": ["PATH=/bin", "A=image"]},
             "rootfs": {"type": "layers", "diff_ids": [layer.diff_id for layer in layers]},
-            "history": [{"created": "2024-01-01T00:00:00Z", "created_by": f"layer {i}"} for i in range(len(layers))],
+            "history": [{"created": "2024-01-01T00:00:00Z", "created_by": f"layer {i}"}
+                        for i in range(len(layers))],
         }
         return self.images.add(json.dumps(config).encode(), layers, reference=reference)
 
@@ -303,7 +304,8 @@ def test_copy_out_of_the_root_names_entries_as_docker_does(ctr):
 
 def test_copy_in_extracts_into_a_directory(ctr):
     _, _, ctr_dir, merged = ctr
-    data = tar_of([("dir", "dir"), ("dir/file", b"content"), ("top", b"top"), ("dir/link", ("sym", "/etc/passwd"))])
+    data = tar_of([("dir", "dir"), ("dir/file", b"content"), ("top", b"top"),
+                   ("dir/link", ("sym", "/etc/passwd"))])
     fsops.copy_in(merged, "/srv", io.BytesIO(data))
     assert open(os.path.join(merged, "srv", "dir", "file"), "rb").read() == b"content"
     assert os.readlink(os.path.join(merged, "srv", "dir", "link")) == "/etc/passwd"
@@ -404,7 +406,8 @@ def test_commit_then_run_the_new_image(ctr):
     record = fsops.commit_image(
         engine.images, engine.store, engine.layers,
         parent_image_id=image.id, upper_dir=str(ctr_dir / "upper"),
-        container_config={"Cmd": ["/bin/sh", "-c", "echo hi"], "Env": ["PATH=/bin", "A=ctr"], "Hostname": "abc"},
+        container_config={"Cmd": ["/bin/sh", "-c", "echo hi"], "Env": ["PATH=/bin", "A=ctr"],
+                          "Hostname": "abc"},
         reference="committed:v1", changes=["ENV B=2", "LABEL team=core"], message="a message",
         author="alice", pause=pause, container_id="abc123",
     )
@@ -476,7 +479,8 @@ def test_commit_refuses_a_digest_reference(ctr):
     engine, image, ctr_dir, _ = ctr
     with pytest.raises(InvalidArgument):
         fsops.commit_image(engine.images, engine.store, engine.layers, parent_image_id=image.id,
-                           upper_dir=str(ctr_dir / "upper"), container_config={}, reference="x@sha256:" + "0" * 64,
+                           upper_dir=str(ctr_dir / "upper"), container_config={},
+                           reference="x@sha256:" + "0" * 64,
                            changes=[], message="", author="", pause=None)
 
 
@@ -502,7 +506,8 @@ def test_export_is_a_flat_tar_of_the_merged_root(ctr):
         subprocess.run(["umount", os.path.join(merged, "mnt")], check=True)
 
     names = members(out.getvalue())
-    assert {"bin", "bin/app", "etc", "etc/passwd", "etc/motd", "added", "opt/old", "proc", "mnt"} <= set(names)
+    expected = {"bin", "bin/app", "etc", "etc/passwd", "etc/motd", "added", "opt/old", "proc", "mnt"}
+    assert expected <= set(names)
     assert "etc/b" not in names and "etc/a" not in names
     assert not [n for n in names if ".wh." in n]
     assert "proc/self" not in names and "mnt/volume-file" not in names
@@ -543,7 +548,8 @@ def test_a_container_run_by_runc_diffs_and_commits_only_what_its_command_changed
     (bundle / "config.json").write_text(json.dumps(spec))
     cid = f"berth-fsops-{os.getpid()}"
     try:
-        result = subprocess.run(["runc", "run", "-b", str(bundle), cid], capture_output=True, text=True, timeout=60)
+        result = subprocess.run(["runc", "run", "-b", str(bundle), cid], capture_output=True, text=True,
+                                timeout=60)
     finally:
         subprocess.run(["runc", "delete", "-f", cid], capture_output=True)
     assert result.returncode == 0, result.stderr
