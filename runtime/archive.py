@@ -17,10 +17,12 @@ converter in pkg/archive does).
 from __future__ import annotations
 
 import errno
+import io
 import os
 import shutil
 import stat
 import tarfile
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -48,6 +50,9 @@ _UNEXPORTED_XATTRS = ("security.selinux",)
 
 _CHUNK = 1 << 20
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+# Directory fds kept open between entries (the parents of recent entries); trimmed between entries.
+_DIR_CACHE = 64
 
 
 @dataclass
@@ -115,51 +120,95 @@ def _xattrs_of(member: tarfile.TarInfo) -> dict[str, bytes]:
 class _Applier:
     """Applies the members of one tar stream under one destination directory."""
 
-    def __init__(self, dest_dir: str):
+    def __init__(self, dest_dir: str, source: "_TarSource | None" = None):
         self.root_fd = os.open(dest_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.source = source
         self.stats = ApplyStats()
         # Non-directory entries written so far, the only valid hardlink targets.
         self.linkable: set[tuple[str, ...]] = set()
         # Directory mtimes, set at the end: writing into a directory changes its mtime.
         self.dir_times: dict[tuple[str, ...], float] = {}
+        # Open fds of directories reached before (by the same no-symlink walk), most recent last.
+        # A directory removed by a later entry is dropped from here with everything below it.
+        self.dirs: OrderedDict[tuple[str, ...], int] = OrderedDict()
 
     def close(self) -> None:
+        for fd in self.dirs.values():
+            os.close(fd)
+        self.dirs.clear()
         os.close(self.root_fd)
 
     #
     # Walking
     #
 
-    def _open_dir(self, parts: list[str], name: str, create: bool) -> int:
-        """Open the directory ``parts`` under the root, never following a symlink.
+    def _dir(self, parts: list[str] | tuple[str, ...], name: str, create: bool) -> int:
+        """Return an fd of the directory ``parts`` under the root, reached without following a symlink.
 
-        Missing directories are created (mode 0755, root-owned, as Docker does) when ``create``.
+        The fd is the cache's: the caller must not close it. Missing directories are created (mode
+        0755, root-owned, as Docker does) when ``create``.
         """
-        fd = os.dup(self.root_fd)
+        key = tuple(parts)
+        if not key:
+            return self.root_fd
+        fd = self.dirs.get(key)
+        if fd is not None:
+            self.dirs.move_to_end(key)
+            return fd
+        start, base = 0, self.root_fd
+        for i in range(len(key) - 1, 0, -1):
+            cached = self.dirs.get(key[:i])
+            if cached is not None:
+                start, base = i, cached
+                break
+        fd = self._walk(base, key, start, name, create)
+        self.dirs[key] = fd
+        return fd
+
+    @staticmethod
+    def _walk(base_fd: int, parts: tuple[str, ...], start: int, name: str, create: bool) -> int:
+        """Open ``parts[start:]`` from ``base_fd`` (the directory ``parts[:start]``) one component at a
+        time with O_NOFOLLOW; return a new fd of the last one."""
+        fd = None  # ours to close
+        current = base_fd
         try:
-            for i, part in enumerate(parts):
+            for i in range(start, len(parts)):
+                part = parts[i]
                 try:
-                    next_fd = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                    next_fd = os.open(part, _DIR_FLAGS, dir_fd=current)
                 except FileNotFoundError:
                     if not create:
                         raise UnsafeArchive(f"entry {name!r}: {'/'.join(parts[: i + 1])} does not exist")
-                    os.mkdir(part, 0o755, dir_fd=fd)
-                    next_fd = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                    os.mkdir(part, 0o755, dir_fd=current)
+                    next_fd = os.open(part, _DIR_FLAGS, dir_fd=current)
                 except OSError as exc:
                     if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
                         raise
                     prefix = "/".join(parts[: i + 1])
-                    if stat.S_ISLNK(os.stat(part, dir_fd=fd, follow_symlinks=False).st_mode):
+                    if stat.S_ISLNK(os.stat(part, dir_fd=current, follow_symlinks=False).st_mode):
                         raise UnsafeArchive(
                             f"entry {name!r}: {prefix} is a symlink, refusing to write through it"
                         ) from None
                     raise UnsafeArchive(f"entry {name!r}: {prefix} is not a directory") from None
-                os.close(fd)
-                fd = next_fd
-            return fd
+                if fd is not None:
+                    os.close(fd)
+                fd = current = next_fd
+            return fd if fd is not None else os.dup(base_fd)
         except BaseException:
-            os.close(fd)
+            if fd is not None:
+                os.close(fd)
             raise
+
+    def _trim_dirs(self) -> None:
+        """Close the least recently used directory fds (between entries, never while one is in use)."""
+        if len(self.dirs) > _DIR_CACHE:
+            while len(self.dirs) > _DIR_CACHE // 2:
+                os.close(self.dirs.popitem(last=False)[1])
+
+    def _forget_dirs(self, parts: tuple[str, ...]) -> None:
+        """Drop the cached fds of the directory ``parts`` and of everything below it."""
+        for key in [k for k in self.dirs if k[: len(parts)] == parts]:
+            os.close(self.dirs.pop(key))
 
     def _remove(self, parent_fd: int, leaf: str, parts: tuple[str, ...]) -> None:
         """Remove whatever is at ``leaf`` (a tree if a directory), without following symlinks."""
@@ -168,12 +217,24 @@ class _Applier:
         except FileNotFoundError:
             return
         if stat.S_ISDIR(st.st_mode):
+            self._forget_dirs(parts)
             shutil.rmtree(leaf, dir_fd=parent_fd)
             self.linkable = {p for p in self.linkable if p[: len(parts)] != parts}
             self.dir_times = {p: t for p, t in self.dir_times.items() if p[: len(parts)] != parts}
         else:
             os.unlink(leaf, dir_fd=parent_fd)
             self.linkable.discard(parts)
+
+    def _create(self, make, parent_fd: int, leaf: str, key: tuple[str, ...]):
+        """Call ``make()`` to create ``leaf``; if something is in its way, remove it and call it again.
+
+        (Trying first saves a stat per entry: most entries are new.)
+        """
+        try:
+            return make()
+        except FileExistsError:
+            self._remove(parent_fd, leaf, key)
+            return make()
 
     #
     # Metadata
@@ -215,47 +276,43 @@ class _Applier:
             return  # AUFS bookkeeping (/.wh..wh.plnk and the like): Docker skips it too.
         leaf = parts[-1]
         key = tuple(parts)
-        parent_fd = self._open_dir(parts[:-1], name, create=True)
-        try:
-            if leaf.startswith(WHITEOUT_PREFIX):
-                self._apply_whiteout(member, parent_fd, parts)
-                return
-            existing = None
-            try:
-                existing = os.stat(leaf, dir_fd=parent_fd, follow_symlinks=False)
-            except FileNotFoundError:
-                pass
-            if existing is not None and not (member.isdir() and stat.S_ISDIR(existing.st_mode)):
-                # An entry replaces an existing one of another kind (or a file another file).
-                self._remove(parent_fd, leaf, key)
-            if member.isreg():
-                self._apply_file(member, tf, parent_fd, leaf, name)
-                self.linkable.add(key)
-            elif member.isdir():
-                self._apply_dir(member, parent_fd, leaf, name)
-                self.dir_times[key] = member.mtime
-            elif member.issym():
-                os.symlink(member.linkname, leaf, dir_fd=parent_fd)
-                self._apply_node_metadata(member, parent_fd, leaf, name, symlink=True)
-                self.stats.symlinks += 1
-                self.linkable.add(key)
-            elif member.islnk():
-                self._apply_hardlink(member, parent_fd, leaf, key)
-                self.linkable.add(key)
-            elif member.ischr() or member.isblk() or member.isfifo():
-                if member.isfifo():
-                    os.mkfifo(leaf, 0o600, dir_fd=parent_fd)
-                else:
-                    kind = stat.S_IFCHR if member.ischr() else stat.S_IFBLK
-                    dev = os.makedev(member.devmajor, member.devminor)
-                    os.mknod(leaf, kind | 0o600, dev, dir_fd=parent_fd)
-                self._apply_node_metadata(member, parent_fd, leaf, name, symlink=False)
-                self.stats.devices += 1
-                self.linkable.add(key)
+        self._trim_dirs()
+        parent_fd = self._dir(parts[:-1], name, create=True)
+        if leaf.startswith(WHITEOUT_PREFIX):
+            self._apply_whiteout(member, parent_fd, parts)
+            return
+        # An entry replaces an existing one of another kind (or a file another file); a directory
+        # entry over an existing directory only updates its metadata. The _create calls remove
+        # what is in the way.
+        if member.isreg():
+            self._apply_file(member, tf, parent_fd, leaf, name, key)
+            self.linkable.add(key)
+        elif member.isdir():
+            self._apply_dir(member, parent_fd, leaf, name, key)
+            self.dir_times[key] = member.mtime
+        elif member.issym():
+            self._create(lambda: os.symlink(member.linkname, leaf, dir_fd=parent_fd), parent_fd, leaf, key)
+            self._apply_node_metadata(member, parent_fd, leaf, name, symlink=True)
+            self.stats.symlinks += 1
+            self.linkable.add(key)
+        elif member.islnk():
+            # What is in the way goes first: its removal may take the link's target with it.
+            self._remove(parent_fd, leaf, key)
+            self._apply_hardlink(member, parent_fd, leaf, key)
+            self.linkable.add(key)
+        elif member.ischr() or member.isblk() or member.isfifo():
+            if member.isfifo():
+                self._create(lambda: os.mkfifo(leaf, 0o600, dir_fd=parent_fd), parent_fd, leaf, key)
             else:
-                raise UnsafeArchive(f"entry {name!r} has unsupported tar type {member.type!r}")
-        finally:
-            os.close(parent_fd)
+                kind = stat.S_IFCHR if member.ischr() else stat.S_IFBLK
+                dev = os.makedev(member.devmajor, member.devminor)
+                self._create(lambda: os.mknod(leaf, kind | 0o600, dev, dir_fd=parent_fd),
+                             parent_fd, leaf, key)
+            self._apply_node_metadata(member, parent_fd, leaf, name, symlink=False)
+            self.stats.devices += 1
+            self.linkable.add(key)
+        else:
+            raise UnsafeArchive(f"entry {name!r} has unsupported tar type {member.type!r}")
 
     def _apply_metadata_to_root(self, member) -> None:
         os.fchown(self.root_fd, member.uid, member.gid)
@@ -263,20 +320,23 @@ class _Applier:
         self._set_xattrs(member, self.root_fd, member.name)
         self.dir_times[()] = member.mtime
 
-    def _apply_file(self, member, tf, parent_fd: int, leaf: str, name: str) -> None:
-        fd = os.open(
-            leaf, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
-            dir_fd=parent_fd,
-        )
+    def _apply_file(self, member, tf, parent_fd: int, leaf: str, name: str, key: tuple[str, ...]) -> None:
+        fd = self._create(lambda: os.open(leaf, _FILE_FLAGS, 0o600, dir_fd=parent_fd), parent_fd, leaf, key)
         try:
-            src = tf.extractfile(member)
-            remaining = member.size
-            while remaining > 0:
-                chunk = src.read(min(_CHUNK, remaining))
-                if not chunk:
+            if self.source is not None and not member.issparse():
+                # The content follows the header: straight from the stream's buffers into the file.
+                self.source.seek(member.offset_data)
+                if self.source.copy_to_fd(fd, member.size) != member.size:
                     raise UnsafeArchive(f"entry {name!r}: unexpected end of data")
-                _write_all(fd, chunk)
-                remaining -= len(chunk)
+            else:
+                src = tf.extractfile(member)
+                remaining = member.size
+                while remaining > 0:
+                    chunk = src.read(min(_CHUNK, remaining))
+                    if not chunk:
+                        raise UnsafeArchive(f"entry {name!r}: unexpected end of data")
+                    _write_all(fd, chunk)
+                    remaining -= len(chunk)
             # chown clears setuid/setgid and security.capability: chown, then chmod, then xattrs.
             os.fchown(fd, member.uid, member.gid)
             os.fchmod(fd, member.mode & 0o7777)
@@ -287,18 +347,18 @@ class _Applier:
         self.stats.files += 1
         self.stats.size += member.size
 
-    def _apply_dir(self, member, parent_fd: int, leaf: str, name: str) -> None:
+    def _apply_dir(self, member, parent_fd: int, leaf: str, name: str, key: tuple[str, ...]) -> None:
         try:
             os.mkdir(leaf, 0o700, dir_fd=parent_fd)
         except FileExistsError:
-            pass
-        fd = os.open(leaf, _DIR_FLAGS, dir_fd=parent_fd)
-        try:
-            os.fchown(fd, member.uid, member.gid)
-            os.fchmod(fd, member.mode & 0o7777)
-            self._set_xattrs(member, fd, name)
-        finally:
-            os.close(fd)
+            if not stat.S_ISDIR(os.stat(leaf, dir_fd=parent_fd, follow_symlinks=False).st_mode):
+                self._remove(parent_fd, leaf, key)
+                os.mkdir(leaf, 0o700, dir_fd=parent_fd)
+        # Keep the fd: the entries that follow are most likely its own.
+        fd = self._dir(key, name, create=False)
+        os.fchown(fd, member.uid, member.gid)
+        os.fchmod(fd, member.mode & 0o7777)
+        self._set_xattrs(member, fd, name)
         self.stats.dirs += 1
 
     def _apply_node_metadata(self, member, parent_fd: int, leaf: str, name: str, symlink: bool) -> None:
@@ -319,15 +379,13 @@ class _Applier:
                 f"entry {name!r} is a hardlink to {member.linkname!r}, "
                 "which is not an earlier entry of this layer"
             )
-        target_fd = self._open_dir(list(target[:-1]), name, create=False)
+        target_fd = self._dir(target[:-1], name, create=False)
         try:
             os.link(target[-1], leaf, src_dir_fd=target_fd, dst_dir_fd=parent_fd, follow_symlinks=False)
         except FileNotFoundError:
             raise UnsafeArchive(
                 f"entry {name!r}: hardlink target {member.linkname!r} does not exist"
             ) from None
-        finally:
-            os.close(target_fd)
         self.stats.hardlinks += 1
 
     def _apply_whiteout(self, member, parent_fd: int, parts: list[str]) -> None:
@@ -352,14 +410,12 @@ class _Applier:
         """Set directory mtimes, deepest first, now that nothing more is written into them."""
         for parts in sorted(self.dir_times, key=len, reverse=True):
             ns = int(self.dir_times[parts] * 1_000_000_000)
+            self._trim_dirs()
             try:
-                fd = self._open_dir(list(parts), "/".join(parts), create=False)
+                fd = self._dir(parts, "/".join(parts), create=False)
             except (UnsafeArchive, OSError):
                 continue  # Replaced by a later entry.
-            try:
-                os.utime(fd, ns=(ns, ns))
-            finally:
-                os.close(fd)
+            os.utime(fd, ns=(ns, ns))
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -368,6 +424,106 @@ def _write_all(fd: int, data: bytes) -> None:
     while view:
         written = os.write(fd, view)
         view = view[written:]
+
+
+class _TarSource:
+    """A forward-only reader over a (non-seekable) stream, read in big chunks.
+
+    It is what tarfile reads headers from: ``read`` returns exactly the bytes asked for unless the
+    stream ends, ``tell`` counts from the start, and ``seek`` goes forward (skipping) or back within
+    the current chunk only, which is all that tarfile does with it. ``copy_to_fd`` writes file contents
+    from the chunks themselves, without another copy.
+    """
+
+    def __init__(self, fileobj, chunk_size: int = _CHUNK):
+        self._fileobj = fileobj
+        self._chunk_size = chunk_size
+        self._buf = b""
+        self._off = 0  # position in _buf
+        self._pos = 0  # position in the stream
+        self._eof = False
+
+    def _fill(self) -> bool:
+        """Read the next chunk into the (used up) buffer; False at the end of the stream."""
+        while not self._eof:
+            data = self._fileobj.read(self._chunk_size)
+            if not data:
+                self._eof = True
+                break
+            self._buf, self._off = data, 0
+            return True
+        self._buf, self._off = b"", 0
+        return False
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def tell(self) -> int:
+        return self._pos
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            parts = [self._buf[self._off:]]
+            self._pos += len(parts[0])
+            while self._fill():
+                parts.append(self._buf)
+                self._pos += len(self._buf)
+            self._buf, self._off = b"", 0
+            return b"".join(parts)
+        available = len(self._buf) - self._off
+        if n <= available:
+            data = self._buf[self._off:self._off + n]
+            self._off += n
+            self._pos += n
+            return data
+        parts = []
+        while n > 0:
+            if self._off >= len(self._buf) and not self._fill():
+                break
+            take = min(n, len(self._buf) - self._off)
+            parts.append(self._buf[self._off:self._off + take])
+            self._off += take
+            self._pos += take
+            n -= take
+        return b"".join(parts)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_CUR:
+            offset += self._pos
+        elif whence != io.SEEK_SET:
+            raise io.UnsupportedOperation("a layer stream can only seek from its start or position")
+        if offset < self._pos:
+            back = self._pos - offset
+            if back > self._off:
+                raise io.UnsupportedOperation("cannot seek backwards in a layer stream")
+            self._off -= back
+            self._pos = offset
+            return offset
+        skip = offset - self._pos
+        while skip > 0:
+            if self._off >= len(self._buf) and not self._fill():
+                break  # Past the end, as a file allows; the next read returns b"".
+            take = min(skip, len(self._buf) - self._off)
+            self._off += take
+            skip -= take
+        self._pos = offset
+        return offset
+
+    def copy_to_fd(self, fd: int, n: int) -> int:
+        """Write the next ``n`` bytes to ``fd``; return how many there were (fewer at the end)."""
+        done = 0
+        while done < n:
+            if self._off >= len(self._buf) and not self._fill():
+                break
+            take = min(n - done, len(self._buf) - self._off)
+            _write_all(fd, memoryview(self._buf)[self._off:self._off + take])
+            self._off += take
+            self._pos += take
+            done += take
+        return done
 
 
 def apply_tar(fileobj: BinaryIO, dest_dir: str) -> ApplyStats:
@@ -379,10 +535,14 @@ def apply_tar(fileobj: BinaryIO, dest_dir: str) -> ApplyStats:
     sizes and corrupt headers. On an error ``dest_dir`` is left half-written: the caller applies
     into a staging directory and removes it.
     """
-    applier = _Applier(dest_dir)
+    source = _TarSource(fileobj)
+    applier = _Applier(dest_dir, source)
     try:
         try:
-            tf = tarfile.open(fileobj=fileobj, mode="r|", tarinfo=_SafeTarInfo)
+            # Not tarfile's stream mode ("r|"): it reads in 10 KiB records and copies each file through
+            # them. _TarSource gives tarfile the forward-only seeks it needs, and the applier copies
+            # file contents from its buffers.
+            tf = tarfile.open(fileobj=source, mode="r:", tarinfo=_SafeTarInfo)
         except tarfile.TarError as exc:
             raise UnsafeArchive(f"invalid tar stream: {exc}") from None
         with tf:
@@ -393,7 +553,7 @@ def apply_tar(fileobj: BinaryIO, dest_dir: str) -> ApplyStats:
                     raise UnsafeArchive(f"invalid tar stream: {exc}") from None
                 if member is None:
                     break
-                # Stream mode keeps every member in a list; we need none of them.
+                # tarfile keeps every member in a list; we need none of them.
                 tf.members.clear()
                 try:
                     applier.apply(member, tf)
