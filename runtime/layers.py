@@ -58,6 +58,9 @@ _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _OTHER_MAGICS = {b"\xfd7zXZ\x00": "xz", b"BZh": "bzip2"}
 _PROGRESS_EVERY = 1 << 20
+# Compressed bytes read, and uncompressed bytes made, at a time: big enough that zlib and sha256 (which
+# release the GIL) do the work rather than the Python around them, small enough to keep memory flat.
+_CHUNK = 1 << 20
 
 
 def chain_id_of(parent: str | None, diff_id: str) -> Digest:
@@ -228,9 +231,10 @@ class LayerStore:
         source = _PrefixedReader(head, compressed)
         try:
             if head.startswith(_GZIP_MAGIC):
-                decompressed = gzip.GzipFile(fileobj=source, mode="rb")
+                decompressed = _GzipReader(source)
             elif head.startswith(_ZSTD_MAGIC):
-                decompressed = zstandard.ZstdDecompressor().stream_reader(source, read_across_frames=True)
+                decompressed = zstandard.ZstdDecompressor().stream_reader(source, read_size=_CHUNK,
+                                                                          read_across_frames=True)
             else:
                 for magic, kind in _OTHER_MAGICS.items():
                     if head.startswith(magic):
@@ -270,6 +274,59 @@ class LayerStore:
             f.flush()
             os.fsync(f.fileno())
         return layer
+
+
+class _GzipReader:
+    """Decompresses a gzip stream, one or more members, as gzip.GzipFile does but in big chunks.
+
+    GzipFile reads 8 KiB at a time, through a BufferedReader; this reads ``_CHUNK`` bytes and lets
+    zlib (which releases the GIL) make up to ``n`` bytes per call. zlib checks each member's CRC and
+    length; zero bytes between and after members are skipped, as GzipFile skips them; anything else
+    after a member must be another member. Raises zlib.error on corrupt data and EOFError when the
+    stream ends inside a member.
+    """
+
+    def __init__(self, reader):
+        self._reader = reader
+        self._decompressor = None  # None: between members
+        self._input = b""  # compressed bytes not given to zlib yet
+        self._eof = False
+
+    def _more_input(self) -> bool:
+        if self._eof:
+            return False
+        data = self._reader.read(_CHUNK)
+        if not data:
+            self._eof = True
+            return False
+        self._input = data
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            n = _CHUNK
+        while True:
+            if self._decompressor is None:
+                # Between members: skip zero padding; anything else starts the next member.
+                data = self._input.lstrip(b"\0")
+                if not data:
+                    if not self._more_input():
+                        return b""
+                    continue
+                self._input = data
+                self._decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            # With no input left this still returns what zlib holds back when the last call hit ``n``.
+            out = self._decompressor.decompress(self._input, n)
+            if self._decompressor.eof:
+                # What follows the member (unconsumed_tail may repeat it: ignore that one).
+                self._input = self._decompressor.unused_data
+                self._decompressor = None
+            else:
+                self._input = self._decompressor.unconsumed_tail
+            if out:
+                return out
+            if self._decompressor is not None and not self._input and not self._more_input():
+                raise EOFError("Compressed file ended before the end-of-stream marker was reached")
 
 
 class _PrefixedReader:
