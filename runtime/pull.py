@@ -3,7 +3,7 @@
 The flow follows containerd's content-flow: resolve the reference to a manifest (choosing this
 host's platform from an index), fetch the config, then fetch every layer. Each layer is downloaded
 and unpacked at the same time: the bytes from the registry are written to the blob store's ingest
-and, through a pipe, to ``LayerStore.apply`` in another thread, so a layer is ready the moment its
+and, through an in-process pipe, to ``LayerStore.apply`` in another thread, so a layer is ready the moment its
 last byte arrives. Layers are handled in parallel (``MAX_PARALLEL`` at a time).
 
 Two pulls of the same layer at once (in one process or several) download it once: the first takes
@@ -19,6 +19,7 @@ import fcntl
 import json
 import os
 import threading
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Callable
@@ -33,6 +34,8 @@ from .registry import RegistryClient
 from .store import Store
 
 MAX_PARALLEL = 4
+# Downloaded bytes waiting for a layer's unpacking, at most (the download waits beyond that).
+PIPE_CAPACITY = 4 << 20
 MAX_CONFIG_SIZE = 8 << 20
 PROGRESS_INTERVAL = 0.1  # seconds between two "Downloading" messages of one layer
 
@@ -73,6 +76,69 @@ class _BytesWriter:
 
     def value(self) -> bytes:
         return b"".join(self.chunks)
+
+
+class _ChunkPipe:
+    """A bounded pipe of byte chunks between two threads of this process: a download and its unpacking.
+
+    Like os.pipe(), without its two kernel copies, its 64 KiB capacity and its partial writes:
+    ``write`` hands the chunk itself over and blocks while ``capacity`` bytes are waiting; ``read(n)``
+    returns at most ``n`` bytes of the next chunk, b"" once the writer has closed and all is read.
+    Once the reader has closed, ``write`` raises BrokenPipeError, as a pipe's EPIPE.
+    """
+
+    def __init__(self, capacity: int = PIPE_CAPACITY):
+        self._capacity = capacity
+        self._chunks: deque[bytes] = deque()
+        self._queued = 0
+        self._rest = b""  # what a read smaller than its chunk left, for the next read
+        self._cond = threading.Condition()
+        self.closed = False  # the writer's end
+        self._reader_closed = False
+
+    def write(self, data) -> int:
+        data = bytes(data)
+        if not data:
+            return 0
+        with self._cond:
+            while self._queued >= self._capacity and not self._reader_closed:
+                self._cond.wait()
+            if self._reader_closed:
+                raise BrokenPipeError("the unpacking stopped reading")
+            self._chunks.append(data)
+            self._queued += len(data)
+            self._cond.notify_all()
+        return len(data)
+
+    def close(self) -> None:
+        """Close the writer's end: the reader gets b"" after the chunks already written."""
+        with self._cond:
+            self.closed = True
+            self._cond.notify_all()
+
+    def read(self, n: int = -1) -> bytes:
+        if self._rest:
+            data, self._rest = self._rest, b""
+        else:
+            with self._cond:
+                while not self._chunks and not self.closed:
+                    self._cond.wait()
+                if not self._chunks:
+                    return b""
+                data = self._chunks.popleft()
+                self._queued -= len(data)
+                self._cond.notify_all()
+        if n is not None and 0 <= n < len(data):
+            data, self._rest = data[:n], data[n:]
+        return data
+
+    def close_reader(self) -> None:
+        """Close the reader's end: pending chunks are dropped and the writer's next write fails."""
+        with self._cond:
+            self._reader_closed = True
+            self._chunks.clear()
+            self._queued = 0
+            self._cond.notify_all()
 
 
 class _TeeWriter:
@@ -313,26 +379,25 @@ class Puller:
 
     def _download_and_apply(self, client, ref, descriptor, chain_id, parent, diff_id, emit, is_cancelled,
                             pump: _ProgressPump):
-        """Download a layer blob into the store while unpacking it, in a second thread, from a pipe."""
+        """Download a layer blob into the store while unpacking it, in a second thread, through a pipe."""
         sid = short_id(descriptor.digest)
         try:
             ingest = self.store.ingest(descriptor.digest, descriptor.size, key=descriptor.digest)
         except AlreadyExists:
             return
-        read_fd, write_fd = os.pipe()
-        reader = os.fdopen(read_fd, "rb")
-        writer = os.fdopen(write_fd, "wb", buffering=0)
+        pipe = _ChunkPipe()
+        writer = pipe
         outcome: dict = {}
 
         def unpack():
             try:
-                outcome["layer"] = self.layers.apply(reader, chain_id=chain_id, parent=parent,
+                outcome["layer"] = self.layers.apply(pipe, chain_id=chain_id, parent=parent,
                                                      expected_diff_id=diff_id, digest=descriptor.digest)
             except BaseException as exc:
                 outcome["error"] = exc
             finally:
                 # Closing our end makes the downloader's next write fail (EPIPE) instead of blocking.
-                reader.close()
+                pipe.close_reader()
 
         thread = threading.Thread(target=unpack, name=f"unpack-{sid}", daemon=True)
         thread.start()
