@@ -317,6 +317,23 @@ def tree_rss_kb(root: int) -> int:
     return sum(rss_kb(pid) for pid in tree_pids(root))
 
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """User and system CPU time of a process tree, its reaped children's included."""
+    total = 0
+    for pid in tree_pids(root):
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        # utime, stime, cutime, cstime are fields 14-17 of stat(5); fields[0] here is field 3.
+        total += sum(int(x) for x in fields[11:15])
+    return total / _TICK
+
+
 class RssSampler:
     """Samples the tree's total VmRSS every SAMPLE_INTERVAL seconds, in a thread; keeps the peak."""
 
@@ -412,6 +429,7 @@ class Side:
     times: list[float] = field(default_factory=list)
     peaks_kb: list[int] = field(default_factory=list)
     idle_kb: list[int] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
 
     def docker(self, *args, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
         result = subprocess.run(["docker", *args], env=self.env, capture_output=True, text=True, timeout=timeout)
@@ -449,10 +467,12 @@ class Side:
                                     "--nonblocking", "--rate", "200", "--format", "raw", "--output", profile],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(2)
+        cpu_before = tree_cpu_seconds(self.pid)
         with RssSampler(self.pid) as sampler:
             started = time.monotonic()
             result = self.docker("pull", self.reference)
             elapsed = time.monotonic() - started
+        cpu = tree_cpu_seconds(self.pid) - cpu_before
         if spy is not None:
             spy.send_signal(signal.SIGINT)
             spy.wait(60)
@@ -466,6 +486,7 @@ class Side:
         self.times.append(elapsed)
         self.peaks_kb.append(sampler.peak_kb)
         self.idle_kb.append(idle)
+        self.cpu.append(cpu)
         return elapsed, sampler.peak_kb, idle
 
 
@@ -573,8 +594,8 @@ def report(sides: list[Side], image: BenchImage, runs: int, docker_version: str)
         f"image: {image.describe()}",
         f"runs: {runs} cold pulls each, interleaved; dockerd {docker_version}; {os.cpu_count()} CPUs",
         "",
-        "| engine | median s | min s | runs (s) | peak RSS MB | idle RSS MB | growth MB |",
-        "|---|---|---|---|---|---|---|",
+        "| engine | median s | min s | runs (s) | CPU s | peak RSS MB | idle RSS MB | growth MB |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for side in sides:
         peak = max(side.peaks_kb)
@@ -582,7 +603,8 @@ def report(sides: list[Side], image: BenchImage, runs: int, docker_version: str)
         growth = max(p - i for p, i in zip(side.peaks_kb, side.idle_kb))
         lines.append(
             f"| {side.name} | {statistics.median(side.times):.2f} | {min(side.times):.2f} | "
-            f"{' '.join(f'{t:.2f}' for t in side.times)} | {_mb(peak)} | {_mb(idle)} | {_mb(growth)} |"
+            f"{' '.join(f'{t:.2f}' for t in side.times)} | {statistics.median(side.cpu):.2f} | "
+            f"{_mb(peak)} | {_mb(idle)} | {_mb(growth)} |"
         )
     by_name = {side.name: side for side in sides}
     if "berth" in by_name and "docker" in by_name:
@@ -594,7 +616,8 @@ def report(sides: list[Side], image: BenchImage, runs: int, docker_version: str)
                       f"target <= 0.70: {verdict}"]
     lines += ["", "RSS is the sum of VmRSS over the daemon's process tree (docker: dockerd and its children, "
                   "containerd included; berth: the Celery worker and its pool processes), sampled every 50 ms; "
-                  "growth = peak during a pull minus idle just before it."]
+                  "growth = peak during a pull minus idle just before it. CPU s: median user+system time "
+                  "of that tree during a pull (the registry's own is not counted)."]
     return "\n".join(lines)
 
 
