@@ -1,0 +1,269 @@
+"""Reading a container's cgroup: its pids, and the numbers ``docker stats`` shows.
+
+runc puts a container in ``/berth/<id>`` of every hierarchy (``linux.cgroupsPath``). Two layouts:
+
+- cgroups v1 (this project's machine): one hierarchy per controller under /sys/fs/cgroup
+  (``cpu``, ``cpuacct``, ``memory``, ``pids``, ``blkio``, ``freezer``...), maybe with a unified
+  (v2) hierarchy without controllers at /sys/fs/cgroup/unified: "hybrid".
+- cgroups v2: one unified hierarchy at /sys/fs/cgroup (it has ``cgroup.controllers``).
+
+Nothing here writes a cgroup; runc creates and deletes them. ``remove_dirs`` only rmdirs what
+``runc delete`` leaves behind (the shared ``/berth`` parent, or a leaf after a crash).
+"""
+
+from __future__ import annotations
+
+import os
+
+__all__ = ["CgroupPaths", "cpu_count", "network_stats", "read_stats", "remove_dirs", "system_cpu_usage"]
+
+CGROUP_ROOT = "/sys/fs/cgroup"
+_NS_PER_TICK = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+# v1's "no limit" is the largest multiple of the page size in a signed 64-bit number.
+_V1_UNLIMITED = 0x7FFFFFFFFFFFF000
+
+
+class CgroupPaths:
+    """Where the cgroup ``path`` (e.g. ``/berth/<id>``) lives in each hierarchy of this host."""
+
+    def __init__(self, path: str, root: str = CGROUP_ROOT):
+        self.path = path.strip("/")
+        self.root = root
+        self.unified = os.path.exists(os.path.join(root, "cgroup.controllers"))
+
+    def dir(self, controller: str) -> str:
+        """The directory of ``controller`` (v1), or the unified one (v2)."""
+        if self.unified:
+            return os.path.join(self.root, self.path)
+        return os.path.join(self.root, controller, self.path)
+
+    def hierarchies(self) -> list[str]:
+        """Every directory of this cgroup that may exist (every v1 hierarchy and the unified one)."""
+        if self.unified:
+            return [os.path.join(self.root, self.path)]
+        try:
+            names = sorted(os.listdir(self.root))
+        except FileNotFoundError:
+            return []
+        return [os.path.join(self.root, n, self.path) for n in names]
+
+    def pids(self) -> list[int]:
+        """The pids (as the host sees them) of every process in the cgroup; [] when it is gone."""
+        for controller in ("pids", "memory", "cpu", "freezer"):
+            text = _read(os.path.join(self.dir(controller), "cgroup.procs"))
+            if text is not None:
+                return sorted(int(p) for p in text.split())
+        return []
+
+
+def remove_dirs(path: str, *, parents: bool = True, root: str = CGROUP_ROOT) -> None:
+    """rmdir the cgroup ``path`` in every hierarchy, then its now-empty parents (``/berth``).
+
+    A cgroup that still has processes or children stays (rmdir fails with EBUSY/ENOTEMPTY).
+    """
+    paths = CgroupPaths(path, root)
+    for leaf in paths.hierarchies():
+        candidates = [leaf]
+        if parents:
+            parent = os.path.dirname(leaf)
+            while parent.count("/") > root.count("/") + (0 if paths.unified else 1):
+                candidates.append(parent)
+                parent = os.path.dirname(parent)
+        for d in candidates:
+            try:
+                os.rmdir(d)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            except OSError:
+                break
+
+
+def cpu_count() -> int:
+    """The CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except OSError:
+        return os.cpu_count() or 1
+
+
+def system_cpu_usage() -> int:
+    """The host's CPU time in nanoseconds (the first line of /proc/stat), as Docker reports it."""
+    text = _read("/proc/stat") or ""
+    for line in text.splitlines():
+        if line.startswith("cpu "):
+            return sum(int(v) for v in line.split()[1:8]) * _NS_PER_TICK
+    return 0
+
+
+def read_stats(path: str, root: str = CGROUP_ROOT) -> dict:
+    """The cgroup's numbers in the shape of Docker's stats ``cpu_stats``, ``memory_stats``,
+    ``pids_stats`` and ``blkio_stats`` (v1 or v2 files, whichever the host has)."""
+    paths = CgroupPaths(path, root)
+    if paths.unified:
+        return _read_v2(paths.dir(""))
+    return _read_v1(paths)
+
+
+def _read_v1(paths: CgroupPaths) -> dict:
+    cpuacct = paths.dir("cpuacct")
+    cpu = paths.dir("cpu")
+    memory = paths.dir("memory")
+    pids = paths.dir("pids")
+    blkio = paths.dir("blkio")
+
+    acct = _keyed(_read(os.path.join(cpuacct, "cpuacct.stat")))
+    percpu = [int(v) for v in (_read(os.path.join(cpuacct, "cpuacct.usage_percpu")) or "").split()]
+    throttling = _keyed(_read(os.path.join(cpu, "cpu.stat")))
+    cpu_stats = {
+        "cpu_usage": {
+            "total_usage": _int(_read(os.path.join(cpuacct, "cpuacct.usage"))),
+            "percpu_usage": percpu or None,
+            "usage_in_kernelmode": acct.get("system", 0) * _NS_PER_TICK,
+            "usage_in_usermode": acct.get("user", 0) * _NS_PER_TICK,
+        },
+        "system_cpu_usage": system_cpu_usage(),
+        "online_cpus": cpu_count(),
+        "throttling_data": {
+            "periods": throttling.get("nr_periods", 0),
+            "throttled_periods": throttling.get("nr_throttled", 0),
+            "throttled_time": throttling.get("throttled_time", 0),
+        },
+    }
+
+    limit = _int(_read(os.path.join(memory, "memory.limit_in_bytes")))
+    if not limit or limit >= _V1_UNLIMITED:
+        limit = _host_memory()
+    memory_stats = {
+        "usage": _int(_read(os.path.join(memory, "memory.usage_in_bytes"))),
+        "max_usage": _int(_read(os.path.join(memory, "memory.max_usage_in_bytes"))),
+        "stats": _keyed(_read(os.path.join(memory, "memory.stat"))),
+        "failcnt": _int(_read(os.path.join(memory, "memory.failcnt"))),
+        "limit": limit,
+    }
+
+    pids_stats = {"current": _int(_read(os.path.join(pids, "pids.current")))}
+    pids_max = (_read(os.path.join(pids, "pids.max")) or "").strip()
+    if pids_max.isdigit():
+        pids_stats["limit"] = int(pids_max)
+
+    throttle = os.path.join(blkio, "blkio.throttle")
+    blkio_stats = {
+        "io_service_bytes_recursive": _blkio(_read(f"{throttle}.io_service_bytes_recursive")),
+        "io_serviced_recursive": _blkio(_read(f"{throttle}.io_serviced_recursive")),
+        "io_queue_recursive": None,
+        "io_service_time_recursive": None,
+        "io_wait_time_recursive": None,
+        "io_merged_recursive": None,
+        "io_time_recursive": None,
+        "sectors_recursive": None,
+    }
+    return {"cpu_stats": cpu_stats, "memory_stats": memory_stats, "pids_stats": pids_stats,
+            "blkio_stats": blkio_stats}
+
+
+def _read_v2(d: str) -> dict:
+    cpu = _keyed(_read(os.path.join(d, "cpu.stat")))
+    cpu_stats = {
+        "cpu_usage": {
+            "total_usage": cpu.get("usage_usec", 0) * 1000,
+            "usage_in_kernelmode": cpu.get("system_usec", 0) * 1000,
+            "usage_in_usermode": cpu.get("user_usec", 0) * 1000,
+        },
+        "system_cpu_usage": system_cpu_usage(),
+        "online_cpus": cpu_count(),
+        "throttling_data": {
+            "periods": cpu.get("nr_periods", 0),
+            "throttled_periods": cpu.get("nr_throttled", 0),
+            "throttled_time": cpu.get("throttled_usec", 0) * 1000,
+        },
+    }
+    limit_text = (_read(os.path.join(d, "memory.max")) or "max").strip()
+    memory_stats = {
+        "usage": _int(_read(os.path.join(d, "memory.current"))),
+        "stats": _keyed(_read(os.path.join(d, "memory.stat"))),
+        "limit": int(limit_text) if limit_text.isdigit() else _host_memory(),
+    }
+    pids_stats = {"current": _int(_read(os.path.join(d, "pids.current")))}
+    pids_max = (_read(os.path.join(d, "pids.max")) or "").strip()
+    if pids_max.isdigit():
+        pids_stats["limit"] = int(pids_max)
+    service_bytes = []
+    serviced = []
+    for line in (_read(os.path.join(d, "io.stat")) or "").splitlines():
+        device, *pairs = line.split()
+        major, _, minor = device.partition(":")
+        values = dict(p.split("=", 1) for p in pairs if "=" in p)
+        for op, key in (("read", "rbytes"), ("write", "wbytes")):
+            service_bytes.append(_io_entry(major, minor, op, values.get(key, 0)))
+        for op, key in (("read", "rios"), ("write", "wios")):
+            serviced.append(_io_entry(major, minor, op, values.get(key, 0)))
+    blkio_stats = {"io_service_bytes_recursive": service_bytes or None,
+                   "io_serviced_recursive": serviced or None}
+    return {"cpu_stats": cpu_stats, "memory_stats": memory_stats, "pids_stats": pids_stats,
+            "blkio_stats": blkio_stats}
+
+
+def network_stats(pid: int) -> dict | None:
+    """Per-interface counters of the network namespace of ``pid`` (lo excluded), Docker's
+    ``networks`` object; None when there is no interface but lo."""
+    text = _read(f"/proc/{pid}/net/dev") if pid else None
+    if not text:
+        return None
+    result = {}
+    for line in text.splitlines()[2:]:
+        name, _, rest = line.partition(":")
+        name = name.strip()
+        values = [int(v) for v in rest.split()]
+        if name == "lo" or len(values) < 16:
+            continue
+        result[name] = {
+            "rx_bytes": values[0], "rx_packets": values[1], "rx_errors": values[2], "rx_dropped": values[3],
+            "tx_bytes": values[8], "tx_packets": values[9], "tx_errors": values[10], "tx_dropped": values[11],
+        }
+    return result or None
+
+
+def _io_entry(major, minor, op: str, value) -> dict:
+    return {"major": int(major), "minor": int(minor), "op": op, "value": int(value)}
+
+
+def _host_memory() -> int:
+    for line in (_read("/proc/meminfo") or "").splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read()
+    except (FileNotFoundError, NotADirectoryError, ProcessLookupError, PermissionError, OSError):
+        return None
+
+
+def _int(text: str | None) -> int:
+    try:
+        return int((text or "0").strip() or 0)
+    except ValueError:
+        return 0
+
+
+def _keyed(text: str | None) -> dict[str, int]:
+    result = {}
+    for line in (text or "").splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].lstrip("-").isdigit():
+            result[parts[0]] = int(parts[1])
+    return result
+
+
+def _blkio(text: str | None) -> list[dict] | None:
+    entries = []
+    for line in (text or "").splitlines():
+        parts = line.split()
+        if len(parts) != 3 or ":" not in parts[0]:
+            continue
+        major, _, minor = parts[0].partition(":")
+        entries.append(_io_entry(major, minor, parts[1].lower(), parts[2]))
+    return entries or None
