@@ -10,6 +10,7 @@ import os
 from typing import Callable
 
 from .config import RuntimeConfig
+from .containers import ContainerConfig, ContainerRecord, ContainerStore
 from .digest import Digest
 from .errors import InvalidArgument
 from .images import ImageRecord, ImageStore
@@ -35,6 +36,7 @@ class Engine:
         self.images = ImageStore(config.root, self.store, self.layers)
         self.puller = Puller(config.root, self.store, self.layers, self.images)
         self.pusher = Pusher(self.store, self.layers, self.images)
+        self.containers = ContainerStore(config, self.images, self.layers)
 
     def start(self) -> None:
         """Drop what an interrupted process left in the staging areas (never a finished blob or layer)."""
@@ -77,6 +79,75 @@ class Engine:
         if not term:
             raise InvalidArgument("search term is empty")
         return self.registry_client(registry or DOCKER_HUB, credentials).search(term, limit)
+
+    #
+    # Containers: runtime.containers.ContainerStore does the work; these are its verbs by name.
+    #
+
+    def create_container(self, config: ContainerConfig) -> ContainerRecord:
+        """``docker create``: see ContainerStore.create."""
+        return self.containers.create(config)
+
+    def start_container(self, container: str) -> ContainerRecord:
+        """``docker start``: see ContainerStore.start."""
+        return self.containers.start(container)
+
+    def stop_container(self, container: str, timeout: int | None = None) -> ContainerRecord:
+        """``docker stop``: see ContainerStore.stop."""
+        return self.containers.stop(container, timeout)
+
+    def kill_container(self, container: str, signal: str | int = "KILL") -> ContainerRecord:
+        """``docker kill``: see ContainerStore.kill."""
+        return self.containers.kill(container, signal)
+
+    def restart_container(self, container: str, timeout: int | None = None) -> ContainerRecord:
+        """``docker restart``: see ContainerStore.restart."""
+        return self.containers.restart(container, timeout)
+
+    def pause_container(self, container: str) -> ContainerRecord:
+        """``docker pause``: see ContainerStore.pause."""
+        return self.containers.pause(container)
+
+    def unpause_container(self, container: str) -> ContainerRecord:
+        """``docker unpause``: see ContainerStore.unpause."""
+        return self.containers.unpause(container)
+
+    def wait_container(self, container: str, timeout: float | None = None,
+                       condition: str = "not-running") -> int:
+        """``docker wait``: see ContainerStore.wait."""
+        return self.containers.wait(container, timeout, condition)
+
+    def remove_container(self, container: str, force: bool = False, volumes: bool = False) -> None:
+        """``docker rm``: see ContainerStore.remove."""
+        self.containers.remove(container, force=force, volumes=volumes)
+
+    def rename_container(self, container: str, new_name: str) -> ContainerRecord:
+        """``docker rename``: see ContainerStore.rename."""
+        return self.containers.rename(container, new_name)
+
+    def container(self, container: str) -> ContainerRecord:
+        """One container by id, name or id prefix: see ContainerStore.get."""
+        return self.containers.get(container)
+
+    def list_containers(self, all: bool = False) -> list[ContainerRecord]:
+        """``docker ps [-a]``: see ContainerStore.list."""
+        return self.containers.list(all=all)
+
+    def inspect_container(self, container: str) -> dict:
+        """``docker inspect``: see ContainerStore.inspect."""
+        return self.containers.inspect(container)
+
+    def container_logs(self, container: str, **options):
+        """``docker logs``: see ContainerStore.logs."""
+        return self.containers.logs(container, **options)
+
+    def exec_in_container(self, container: str, cmd: list[str], **options):
+        """``docker exec``: see ContainerStore.exec."""
+        return self.containers.exec(container, cmd, **options)
+
+    def reconcile_containers(self) -> list[ContainerRecord]:
+        """Sync every container with what conmon and runc left: see ContainerStore.reconcile."""
+        return self.containers.reconcile()
 
 
 def split_search_term(term: str) -> tuple[str | None, str]:

@@ -1,0 +1,542 @@
+"""Tests for runtime.containers: real runc, conmon and overlayfs, with the offline busybox image.
+
+One engine root per module (under /tmp, so the attach socket paths stay short); every test removes
+the containers it made (the ``ctr`` fixture), so nothing outlives the module: no mount, no
+cgroup, no conmon.
+"""
+
+import io
+import os
+import signal
+import time
+
+import pytest
+
+from runtime.config import RuntimeConfig
+from runtime.containers import LOST_EXIT_CODE, ContainerConfig, ContainerStore, Mount
+from runtime.engine import Engine
+from runtime.errors import AlreadyExists, InvalidArgument, InvalidState, NotFound
+from runtime.monitor import parse_time_ns
+from runtime.rootfs import is_mounted
+from runtime.starter import STARTER_CHANGES, write_rootfs
+from runtime.state import ContainerState
+from tests.dockerspec import validate
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="runs real containers: needs root")
+
+S = ContainerState
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    import tempfile
+
+    base = tempfile.mkdtemp(prefix="bt-", dir="/tmp")
+    config = RuntimeConfig(root=os.path.join(base, "root"), run_root=os.path.join(base, "run"))
+    engine = Engine(config)
+    rootfs = io.BytesIO()
+    write_rootfs(rootfs)
+    rootfs.seek(0)
+    engine.images.import_tar(rootfs, changes=STARTER_CHANGES, reference="busybox:latest")
+    yield engine
+    for record in engine.containers.list(all=True):
+        engine.containers.remove(record.id, force=True)
+
+
+@pytest.fixture
+def store(engine) -> ContainerStore:
+    return engine.containers
+
+
+@pytest.fixture
+def ctr(store):
+    """Create (and optionally start) a busybox container; every one is force-removed afterwards."""
+    made = []
+
+    def make(*cmd, start=True, **options):
+        options.setdefault("image", "busybox")
+        record = store.create(ContainerConfig(cmd=list(cmd) if cmd else None, **options))
+        made.append(record.id)
+        return store.start(record.id) if start else record
+
+    yield make
+    for cid in made:
+        try:
+            store.remove(cid, force=True)
+        except NotFound:
+            pass
+
+
+def output(store, cid, stream="stdout") -> bytes:
+    return b"".join(line for s, line, _ in store.logs(cid) if s == stream)
+
+
+def run(store, ctr, *cmd, **options) -> tuple[int, bytes, bytes]:
+    """``docker run``: start, wait, return (exit code, stdout, stderr)."""
+    record = ctr(*cmd, **options)
+    code = store.wait(record.id, timeout=20)
+    return code, output(store, record.id), output(store, record.id, "stderr")
+
+
+def wait_for(predicate, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError("condition not met in time")
+
+
+def cgroup_file(cid, controller, name) -> str:
+    with open(f"/sys/fs/cgroup/{controller}/berth/{cid}/{name}") as f:
+        return f.read().strip()
+
+
+#
+# Running
+#
+
+
+def test_it_runs_echo_and_keeps_its_output(store, ctr):
+    record = ctr("echo", "hello")
+    assert record.state is S.RUNNING and record.pid > 0
+    assert store.wait(record.id, timeout=10) == 0
+    assert output(store, record.id) == b"hello\n"
+    record = store.get(record.id)
+    assert record.state is S.EXITED and record.exit_code == 0
+    assert parse_time_ns(record.finished_at) >= parse_time_ns(record.started_at)
+
+
+def test_it_records_the_exit_code(store, ctr):
+    assert run(store, ctr, "sh", "-c", "exit 3")[0] == 3
+    assert store.list(all=True)[0].exit_code == 3
+
+
+def test_env_workdir_and_user_take_effect(store, ctr):
+    code, out, _ = run(store, ctr, "sh", "-c", 'echo "$FOO $HOME"; pwd; id -u; id -g',
+                       env=["FOO=bar"], working_dir="/tmp", user="nobody")
+    assert code == 0
+    assert out == b"bar /home\n/tmp\n65534\n65534\n"
+    # Numeric, with a group by name; and a uid the image's passwd does not know.
+    assert run(store, ctr, "sh", "-c", "id -u; id -g", user="1:nogroup")[1] == b"1\n65534\n"
+    assert run(store, ctr, "sh", "-c", "id -u; id -g; echo $HOME", user="4242")[1] == b"4242\n0\n/\n"
+    # The image's PATH and Docker's HOSTNAME are in the environment; a new workdir is created.
+    _, out, _ = run(store, ctr, "sh", "-c", "echo $PATH; echo $HOSTNAME; hostname; pwd",
+                    working_dir="/new/dir")
+    path, env_hostname, hostname, cwd = out.decode().split()
+    assert path.startswith("/usr/local/sbin") and env_hostname == hostname and len(hostname) == 12
+    assert cwd == "/new/dir"
+
+
+def test_an_unknown_user_is_refused_at_start(store, ctr):
+    record = ctr("true", start=False, user="nosuchuser")
+    with pytest.raises(InvalidArgument, match="unable to find user nosuchuser"):
+        store.start(record.id)
+    assert store.get(record.id).state is S.CONFIGURED
+
+
+def test_a_missing_command_gives_127_and_stays_created(store, ctr):
+    record = ctr("/no/such/binary", start=False)
+    with pytest.raises(InvalidArgument, match="no such file or directory"):
+        store.start(record.id)
+    record = store.get(record.id)
+    assert record.state is S.CONFIGURED and record.exit_code == 127 and "no such file" in record.error
+    assert store.inspect(record.id)["State"]["Status"] == "created"
+    assert not is_mounted(os.path.join(store.root, record.id, "merged"))
+
+
+def test_image_entrypoint_and_cmd_merge_as_docker_does(engine, store, ctr):
+    rootfs = io.BytesIO()
+    write_rootfs(rootfs)
+    rootfs.seek(0)
+    engine.images.import_tar(rootfs, reference="echoer:latest", changes=[
+        *STARTER_CHANGES[:1], 'ENTRYPOINT ["echo", "ep"]', 'CMD ["from-image"]', "ENV A=image B=image",
+        "WORKDIR /tmp", 'LABEL role=image', "STOPSIGNAL SIGUSR1", "VOLUME /data"])
+    record = ctr(image="echoer", env=["B=run"], labels={"who": "me"})
+    assert store.wait(record.id, timeout=10) == 0
+    assert output(store, record.id) == b"ep from-image\n"
+    assert (record.path, record.args) == ("echo", ["ep", "from-image"])
+    config = record.config
+    assert "A=image" in config.env and "B=run" in config.env and "B=image" not in config.env
+    assert config.working_dir == "/tmp" and config.stop_signal == "SIGUSR1"
+    assert config.labels == {"role": "image", "who": "me"}
+    assert [(m.target, m.kind, m.anonymous) for m in config.mounts] == [("/data", "volume", True)]
+    # A cmd replaces the image's Cmd and keeps its Entrypoint.
+    assert run(store, ctr, "x", image="echoer")[1] == b"ep x\n"
+    # An entrypoint drops the image's Cmd; an empty one clears the image's entrypoint.
+    assert run(store, ctr, image="echoer", entrypoint=["echo"])[1] == b"\n"
+    assert run(store, ctr, "echo", "plain", image="echoer", entrypoint=[""])[1] == b"plain\n"
+    with pytest.raises(InvalidArgument, match="No command specified"):
+        store.create(ContainerConfig(image="echoer", entrypoint=[""]))
+
+
+#
+# Stop, kill, pause, restart
+#
+
+
+def test_stop_sends_term_then_kill_after_the_timeout(store, ctr):
+    record = ctr("sleep", "1000")
+    started = time.monotonic()
+    record = store.stop(record.id, timeout=1)
+    elapsed = time.monotonic() - started
+    assert record.state is S.EXITED and record.exit_code == 137
+    assert 0.9 < elapsed < 5
+    assert not is_mounted(os.path.join(store.root, record.id, "merged"))
+    # A stopped container is left as it is.
+    assert store.stop(record.id).exit_code == 137
+
+
+def test_a_shell_that_traps_term_exits_0_at_once(store, ctr):
+    record = ctr("sh", "-c", 'trap "echo bye; exit 0" TERM; echo ready; sleep 1000 & wait')
+    wait_for(lambda: output(store, record.id) == b"ready\n")
+    started = time.monotonic()
+    record = store.stop(record.id, timeout=10)
+    assert record.exit_code == 0 and time.monotonic() - started < 3
+    assert output(store, record.id) == b"ready\nbye\n"
+
+
+def test_kill_sends_the_signal_asked_for(store, ctr):
+    record = ctr("sh", "-c", 'trap "echo got-usr1" USR1; echo ready; while true; do sleep 0.05; done')
+    wait_for(lambda: b"ready" in output(store, record.id))
+    record = store.kill(record.id, "SIGUSR1")
+    assert record.state is S.RUNNING
+    wait_for(lambda: b"got-usr1" in output(store, record.id))
+    record = store.kill(record.id, "KILL")
+    assert record.state is S.EXITED and record.exit_code == 137
+    with pytest.raises(InvalidState, match="is not running"):
+        store.kill(record.id)
+    with pytest.raises(InvalidArgument, match="Invalid signal"):
+        store.kill(record.id, "SIGNOPE")
+
+
+def test_pause_freezes_the_processes_and_unpause_thaws_them(store, ctr):
+    record = ctr("sh", "-c", "while true; do echo tick; sleep 0.05; done")
+    wait_for(lambda: output(store, record.id).count(b"tick") >= 2)
+    record = store.pause(record.id)
+    assert record.state is S.PAUSED
+    assert cgroup_file(record.id, "freezer", "freezer.state") == "FROZEN"
+    inspect = store.inspect(record.id)
+    state = inspect["State"]
+    assert state["Status"] == "paused" and state["Paused"] and state["Running"]
+    frozen = output(store, record.id)
+    time.sleep(0.4)
+    assert output(store, record.id) == frozen
+    with pytest.raises(InvalidState, match="already paused"):
+        store.pause(record.id)
+    with pytest.raises(InvalidState, match="paused, unpause the container before exec"):
+        store.exec(record.id, ["true"])
+    record = store.unpause(record.id)
+    assert record.state is S.RUNNING
+    wait_for(lambda: output(store, record.id).count(b"tick") > frozen.count(b"tick"))
+    # A paused container can be stopped.
+    store.pause(record.id)
+    assert store.stop(record.id, timeout=5).exit_code == 137
+
+
+def test_restart_gives_a_new_process(store, ctr):
+    record = ctr("sh", "-c", "echo run; sleep 1000")
+    first_pid, first_start = record.pid, record.started_at
+    record = store.restart(record.id, timeout=0)
+    assert record.state is S.RUNNING and record.pid != first_pid and record.started_at != first_start
+    wait_for(lambda: output(store, record.id) == b"run\nrun\n")
+    assert record.restart_count == 0  # Only a restart policy counts (Docker's RestartCount).
+
+
+def test_an_exited_container_starts_again_and_appends_to_its_log(store, ctr):
+    record = ctr("echo", "again")
+    store.wait(record.id, timeout=10)
+    store.start(record.id)
+    store.wait(record.id, timeout=10)
+    assert output(store, record.id) == b"again\nagain\n"
+
+
+def test_init_creates_without_starting_so_a_client_can_attach_first(store, ctr):
+    record = ctr("echo", "late", start=False)
+    record = store.init(record.id)
+    assert record.state is S.CREATED and record.pid > 0
+    path = store.attach_socket_path(record.id)
+    assert os.path.exists(path) and len(path) < 108
+    assert store.inspect(record.id)["State"]["Status"] == "created"
+    store.start(record.id)
+    assert store.wait(record.id, timeout=10) == 0
+
+
+#
+# Names, remove
+#
+
+
+def test_names_are_unique_validated_and_renamable(store, ctr):
+    a = ctr("true", start=False, name="first")
+    assert store.get("first").id == a.id and store.get("/first").id == a.id
+    with pytest.raises(AlreadyExists, match=r'The container name "/first" is already in use by container'):
+        ctr("true", start=False, name="first")
+    with pytest.raises(InvalidArgument, match=r"Invalid container name \(-bad\)"):
+        ctr("true", start=False, name="-bad")
+    b = ctr("true", start=False)
+    assert "_" in b.name and store.get(b.name).id == b.id
+    store.rename(a.id, "second")
+    assert store.get("second").id == a.id
+    with pytest.raises(NotFound, match="No such container: first"):
+        store.get("first")
+    with pytest.raises(AlreadyExists):
+        store.rename(b.id, "second")
+    assert store.get(a.id[:10]).id == a.id
+
+
+def test_remove_refuses_a_running_container_unless_forced_and_leaves_nothing(store, ctr):
+    record = ctr("sleep", "1000")
+    cid = record.id
+    with pytest.raises(InvalidState, match=f"You cannot remove a running container {cid}. Stop the"):
+        store.remove(cid)
+    exec_id = store.exec(cid, ["sleep", "1000"], detach=True)
+    cgroup_dirs = [f"/sys/fs/cgroup/{c}/berth/{cid}" for c in os.listdir("/sys/fs/cgroup")]
+    assert any(os.path.isdir(d) for d in cgroup_dirs)
+    merged = os.path.join(store.root, cid, "merged")
+    assert is_mounted(merged)
+    store.remove(cid, force=True)
+    assert not is_mounted(merged)
+    assert not os.path.exists(os.path.join(store.root, cid))
+    assert not any(os.path.exists(d) for d in cgroup_dirs)
+    assert not os.path.lexists(os.path.join(store.conmon.socket_dir, cid[:32]))
+    assert not os.path.lexists(os.path.join(store.conmon.socket_dir, exec_id[:32]))
+    assert store.runc.state(cid) is None
+    with pytest.raises(NotFound):
+        store.get(cid)
+
+
+#
+# Logs
+#
+
+
+def test_logs_tail_timestamps_since_and_streams(store, ctr):
+    record = ctr("sh", "-c", "echo one; echo two >&2; sleep 0.3; echo three; printf 'part'; sleep 0.2; "
+                             "echo ial; printf end")
+    store.wait(record.id, timeout=10)
+    lines = list(store.logs(record.id))
+    assert [(s, line) for s, line, _ in lines] == [
+        ("stdout", b"one\n"), ("stderr", b"two\n"), ("stdout", b"three\n"), ("stdout", b"partial\n"),
+        ("stdout", b"end")]
+    assert [line for _, line, _ in store.logs(record.id, stdout=False)] == [b"two\n"]
+    assert [line for _, line, _ in store.logs(record.id, tail=2)] == [b"partial\n", b"end"]
+    assert list(store.logs(record.id, tail=0)) == []
+    stamps = [parse_time_ns(t) for _, _, t in lines]
+    assert stamps == sorted(stamps) and all(t.endswith("Z") and len(t) == 30 for _, _, t in lines)
+    since = stamps[2] / 1e9 - 0.01
+    assert [line for _, line, _ in store.logs(record.id, since=since)] == [b"three\n", b"partial\n", b"end"]
+    assert [line for _, line, _ in store.logs(record.id, until=since)] == [b"one\n", b"two\n"]
+
+
+def test_follow_ends_when_the_container_exits(store, ctr):
+    record = ctr("sh", "-c", "for i in 1 2 3; do echo $i; sleep 0.2; done")
+    started = time.monotonic()
+    lines = [line for _, line, _ in store.logs(record.id, follow=True)]
+    assert lines == [b"1\n", b"2\n", b"3\n"]
+    assert time.monotonic() - started < 5
+    assert store.get(record.id).state is S.EXITED
+
+
+def test_a_tty_container_logs_crlf_on_stdout(store, ctr):
+    code, out, err = run(store, ctr, "sh", "-c", "echo hi >&2; tty; stty size", tty=True)
+    assert code == 0 and err == b""
+    assert out == b"hi\r\n/dev/pts/0\r\n24 80\r\n"
+
+
+#
+# Top, stats, exec
+#
+
+
+def test_top_shows_the_sleeping_process(store, ctr):
+    record = ctr("sleep", "1000")
+    top = store.top(record.id)
+    validate(top, "/containers/{id}/top")
+    assert "PID" in top["Titles"] and "CMD" in top["Titles"]
+    cmd = top["Titles"].index("CMD")
+    assert [p[cmd] for p in top["Processes"]] == ["sleep 1000"]
+    assert int(top["Processes"][0][top["Titles"].index("PID")]) == record.pid
+    assert store.top(record.id, "aux")["Titles"][:2] == ["USER", "PID"]
+
+
+def test_stats_report_memory_cpu_and_pids(store, ctr):
+    record = ctr("sh", "-c", "sleep 1000")
+    stats = store.stats(record.id)
+    assert stats["memory_stats"]["usage"] > 0 and stats["memory_stats"]["limit"] > 0
+    assert stats["pids_stats"]["current"] >= 1
+    assert stats["cpu_stats"]["cpu_usage"]["total_usage"] > 0
+    assert stats["cpu_stats"]["system_cpu_usage"] > 0 and stats["cpu_stats"]["online_cpus"] >= 1
+    assert stats["name"] == "/" + record.name and stats["id"] == record.id
+    assert stats["preread"] == "0001-01-01T00:00:00Z"
+    again = store.stats(record.id)
+    assert again["precpu_stats"] == stats["cpu_stats"] and again["preread"] == stats["read"]
+    validate(again, "/containers/{id}/stats")
+
+
+def test_exec_returns_output_and_exit_code(store, ctr):
+    record = ctr("sleep", "1000", env=["FROM_RUN=1"])
+    script = 'echo "$FROM_RUN $X"; pwd; id -u; echo oops >&2; exit 4'
+    code, out, err = store.exec(record.id, ["sh", "-c", script],
+                                env=["X=2"], workdir="/tmp", user="nobody")
+    assert (code, out, err) == (4, b"1 2\n/tmp\n65534\n", b"oops\n")
+    code, _, err = store.exec(record.id, ["no-such-command"])
+    assert code == 127 and b"OCI runtime exec failed" in err
+    # exec -d: the process runs on by itself; its exit code is kept.
+    exec_id = store.exec(record.id, ["sh", "-c", "echo detached > /tmp/mark; exit 5"], detach=True)
+    assert len(exec_id) == 64
+    session = wait_for(lambda: (s := store.exec_inspect(exec_id))["exit_code"] is not None and s)
+    assert session["exit_code"] == 5 and not session["running"]
+    assert store.exec(record.id, ["cat", "/tmp/mark"])[1] == b"detached\n"
+    with pytest.raises(NotFound):
+        store.exec_inspect("0" * 64)
+
+
+#
+# Security and limits
+#
+
+
+def test_a_read_only_rootfs_refuses_writes(store, ctr):
+    code, _, err = run(store, ctr, "sh", "-c", "touch /x", read_only=True)
+    assert code == 1 and b"Read-only file system" in err
+    # Mounts stay writable.
+    assert run(store, ctr, "sh", "-c", "echo ok > /etc/hostname", read_only=True)[0] == 1
+    assert run(store, ctr, "sh", "-c", "echo ok > /dev/shm/x", read_only=True)[0] == 0
+
+
+def test_memory_and_pids_limits_land_in_the_cgroup(store, ctr):
+    record = ctr("sleep", "1000", memory=64 << 20, pids_limit=50, nano_cpus=500_000_000)
+    assert cgroup_file(record.id, "memory", "memory.limit_in_bytes") == str(64 << 20)
+    assert cgroup_file(record.id, "pids", "pids.max") == "50"
+    assert cgroup_file(record.id, "cpu", "cpu.cfs_quota_us") == "50000"
+    inspect = store.inspect(record.id)
+    assert inspect["HostConfig"]["Memory"] == 64 << 20 and inspect["HostConfig"]["PidsLimit"] == 50
+    with pytest.raises(InvalidArgument, match="Minimum memory limit"):
+        ctr("true", start=False, memory=1024)
+
+
+def test_cap_drop_all_makes_chown_fail(store, ctr):
+    assert run(store, ctr, "chown", "1", "/tmp")[0] == 0
+    code, _, err = run(store, ctr, "chown", "1", "/tmp", cap_drop=["ALL"])
+    assert code == 1 and b"Operation not permitted" in err
+    assert run(store, ctr, "chown", "1", "/tmp", cap_drop=["ALL"], cap_add=["chown"])[0] == 0
+    with pytest.raises(InvalidArgument, match='unknown capability: "CAP_NOPE"'):
+        ctr("true", start=False, cap_add=["NOPE"])
+
+
+def test_seccomp_masked_paths_and_no_new_privileges_apply(store, ctr):
+    code, out, err = run(store, ctr, "sh", "-c", "grep -E '^(Seccomp|NoNewPrivs|CapEff):' /proc/self/status; "
+                                                 "cat /proc/kcore | head -c 1 | wc -c; unshare -m true")
+    text = out.decode()
+    assert "Seccomp:\t2" in text and "NoNewPrivs:\t1" in text
+    assert "CapEff:\t00000000a80425fb" in text  # Docker's 14 default capabilities.
+    assert text.splitlines()[-1] == "0"  # /proc/kcore is masked.
+    assert code != 0 and b"Operation not permitted" in err  # unshare(2) is not on the allowlist.
+    code, out, _ = run(store, ctr, "sh", "-c", "grep Seccomp: /proc/self/status",
+                       security_opt=["seccomp=unconfined"])
+    assert out == b"Seccomp:\t0\n"
+
+
+def test_etc_files_and_mounts(store, ctr, tmp_path):
+    host_dir = tmp_path / "shared"
+    host_dir.mkdir()
+    (host_dir / "in").write_text("from host\n")
+    code, out, _ = run(
+        store, ctr, "sh", "-c", "cat /etc/hostname; grep -c localhost /etc/hosts; grep myhost /etc/hosts; "
+                                "cat /etc/resolv.conf; cat /mnt/in; echo out > /mnt/out; echo v > /vol/f; "
+                                "touch /ro/x",
+        hostname="box", extra_hosts=["myhost:10.1.2.3"], dns=["9.9.9.9"],
+        mounts=[Mount(source=str(host_dir), target="/mnt"), Mount(source="", target="/vol", kind="volume"),
+                Mount(source=str(host_dir), target="/ro", read_only=True)])
+    lines = out.decode().splitlines()
+    assert lines[0] == "box" and int(lines[1]) >= 2 and lines[2] == "10.1.2.3\tmyhost"
+    assert "nameserver 9.9.9.9" in lines and "from host" in lines
+    assert code == 1  # /ro is read-only
+    assert (host_dir / "out").read_text() == "out\n"
+
+
+def test_volumes_are_filled_from_the_image_and_removed_with_rm_v(store, ctr):
+    record = ctr("sh", "-c", "ls /usr/bin | grep -c . ; echo kept > /usr/mark",
+                 mounts=[Mount(source="shared-vol", target="/usr", kind="volume"),
+                         Mount("", "/anon", kind="volume")])
+    assert store.wait(record.id, timeout=10) == 0 and int(output(store, record.id)) > 10
+    named = store.volumes.get("shared-vol")["Mountpoint"]
+    assert os.path.exists(os.path.join(named, "mark")) and os.listdir(os.path.join(named, "bin"))
+    (anonymous,) = [m.source for m in store.get(record.id).config.mounts if m.anonymous]
+    assert store.volume_users("shared-vol") == [record.id] and store.volume_users(anonymous) == [record.id]
+    mounts = {m["Destination"]: m for m in store.inspect(record.id)["Mounts"]}
+    assert mounts["/usr"]["Name"] == "shared-vol" and mounts["/usr"]["Source"] == named
+    # A second container sees what the first left; no copy over a volume that has content.
+    again = run(store, ctr, "cat", "/usr/mark", mounts=[Mount("shared-vol", "/usr", kind="volume")])
+    assert again[1] == b"kept\n"
+    store.remove(record.id, volumes=True)
+    assert not store.volumes.exists(anonymous) and store.volumes.exists("shared-vol")
+
+
+#
+# Sync and reconcile
+#
+
+
+def test_a_fresh_store_records_an_exit_nobody_watched(engine, store, ctr):
+    record = ctr("sh", "-c", "sleep 0.3; exit 7")
+    with open(os.path.join(store.root, record.id, "config.json")) as f:
+        assert '"state": "running"' in f.read()
+    exit_file = os.path.join(store.root, record.id, "exits", record.id)
+    wait_for(lambda: os.path.exists(exit_file) and open(exit_file).read())
+    # A restarted worker: a new store on the same root.
+    fresh = ContainerStore(engine.config, engine.images, engine.layers)
+    assert fresh.has_exited(record.id)
+    records = {r.id: r for r in fresh.reconcile()}
+    assert records[record.id].state is S.EXITED and records[record.id].exit_code == 7
+    assert not fresh.has_exited(record.id)
+    assert not is_mounted(os.path.join(store.root, record.id, "merged"))
+    assert store.runc.state(record.id) is None
+
+
+def test_a_dead_monitor_gives_255_once_the_process_is_gone(store, ctr):
+    record = ctr("sleep", "1000")
+    os.kill(record.conmon_pid, signal.SIGKILL)
+    wait_for(lambda: not os.path.exists(f"/proc/{record.conmon_pid}/cmdline")
+             or not open(f"/proc/{record.conmon_pid}/cmdline").read())
+    # The container runs on without its monitor.
+    assert store.sync(record.id).state is S.RUNNING
+    os.kill(record.pid, signal.SIGKILL)
+    wait_for(lambda: store.has_exited(record.id))
+    record = store.sync(record.id)
+    assert record.state is S.EXITED and record.exit_code == LOST_EXIT_CODE and "conmon" in record.error
+
+
+def test_wait_times_out(store, ctr):
+    record = ctr("sleep", "1000")
+    with pytest.raises(TimeoutError):
+        store.wait(record.id, timeout=0.2)
+
+
+#
+# Docker's shapes
+#
+
+
+def test_inspect_and_summary_have_dockers_shape(store, ctr):
+    record = ctr("sh", "-c", "sleep 1000", name="shaped", labels={"a": "b"}, exposed_ports={"80/tcp": {}})
+    inspect = store.inspect("shaped")
+    validate(inspect, "/containers/{id}/json")
+    assert inspect["Name"] == "/shaped"
+    assert inspect["Path"] == "sh" and inspect["Args"] == ["-c", "sleep 1000"]
+    assert inspect["State"]["Running"] and inspect["State"]["Pid"] == record.pid
+    assert inspect["Config"]["Cmd"] == ["sh", "-c", "sleep 1000"] and inspect["Config"]["Image"] == "busybox"
+    assert inspect["Config"]["Hostname"] == record.id[:12]
+    assert inspect["GraphDriver"]["Name"] == "overlay2"
+    summary = store.summary(store.get(record.id))
+    validate([summary], "/containers/json")
+    assert summary["Names"] == ["/shaped"] and summary["State"] == "running"
+    assert summary["Status"].startswith("Up ") and summary["Command"] == "sh -c 'sleep 1000'"
+    assert summary["Ports"] == [{"PrivatePort": 80, "Type": "tcp"}] and summary["Labels"] == {"a": "b"}
+    store.stop(record.id, timeout=0)
+    summary = store.summary(store.get(record.id))
+    assert summary["Status"].startswith("Exited (137) ") and summary["Status"].endswith(" ago")
+    assert store.summary(ctr("true", start=False))["Status"] == "Created"
+    assert [r.id for r in store.list()] == [r.id for r in store.list(all=True) if r.running]
