@@ -32,8 +32,8 @@ class Container(models.Model):
     error = models.TextField(blank=True)
     oom_killed = models.BooleanField(default=False)
     restart_count = models.PositiveIntegerField(default=0)
-    # WARNING: set when a user stops the container, cleared when one starts it; the restart
-    # policies (unless-stopped, always after a host restart) read it.
+    # WARNING: a copy of the engine's manually_stopped (a user stopped or killed it), as of the last
+    # sync; the restart policies (unless-stopped, always after a host restart) read it.
     stopped_by_user = models.BooleanField(default=False)
     created = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -74,6 +74,8 @@ class ExecSession(models.Model):
     container = models.ForeignKey(Container, on_delete=models.CASCADE, related_name="exec_sessions")
     cmd = models.JSONField(default=list)
     tty = models.BooleanField(default=False)
+    spec = models.JSONField(default=dict, blank=True, help_text="Cmd, Env, User, WorkingDir, Tty as created.")
+    started = models.BooleanField(default=False)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     exit_code = models.IntegerField(null=True, blank=True)
     started_at = models.DateTimeField(default=timezone.now)

@@ -1,8 +1,183 @@
-"""Pages of the containers app."""
+"""Pages of the containers app: list (ps -a), run form, container page with its tabs, actions."""
 
-from django.shortcuts import render
+import json
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import permission_required
+from django.http import Http404, StreamingHttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_POST
+
+from runtime import containerfs
+from runtime.errors import EngineError, NotFound
+
+from . import services
+from .forms import CommitForm, RenameForm, RunForm
+from .models import Container
+
+ACTIONS = ("start", "stop", "restart", "kill", "pause", "unpause")
 
 
 def container_list(request):
-    """The containers on this node (``docker ps -a``)."""
-    return render(request, "containers/container_list.html", {"containers": []})
+    """``docker ps`` (``?all=1``: ``docker ps -a``)."""
+    show_all = request.GET.get("all", "1") == "1"
+    containers = Container.objects.filter(node=settings.NODE_NAME).select_related("image")
+    if not show_all:
+        containers = containers.filter(state__in=("running", "paused"))
+    return render(request, "containers/container_list.html", {"containers": containers, "show_all": show_all})
+
+
+@permission_required("containers.add_container", raise_exception=True)
+def container_run(request):
+    """The run form: every option, validated like the Docker API's create; starts it unless asked not to."""
+    form = RunForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            container = services.create_container(form.config, start=form.cleaned_data["start"], user=request.user,
+                                                   request=request)
+        except EngineError as e:
+            form.add_error(None, str(e))
+        else:
+            messages.success(request, f"Container {container.name} {'started' if container.is_active else 'created'}.")
+            return redirect(container)
+    return render(request, "containers/container_run.html", {"form": form})
+
+
+def _get(name: str) -> Container:
+    try:
+        return services.get_container(name)
+    except NotFound:
+        raise Http404(f"No such container: {name}") from None
+
+
+def container_detail(request, name: str):
+    """Overview, inspect JSON, logs, stats, processes, diff, files, commit, actions."""
+    container = _get(name)
+    engine = services.engine_containers()
+    tab = request.GET.get("tab", "overview")
+    context = {"container": container, "tab": tab, "commit_form": CommitForm(), "rename_form": RenameForm()}
+    try:
+        inspect = engine.inspect(container.container_id)
+    except NotFound:
+        raise Http404(f"No such container: {name}") from None
+    context["inspect"] = inspect
+    if tab == "inspect":
+        context["inspect_json"] = json.dumps(inspect, indent=2)
+    elif tab == "processes" and container.state == "running":
+        context["top"] = engine.top(container.container_id, "-ef")
+    elif tab == "diff":
+        context["changes"] = containerfs.diff(engine, container.container_id)
+    elif tab == "files":
+        context.update(_files_context(engine, container, request.GET.get("path") or "/"))
+    return render(request, "containers/container_detail.html", context)
+
+
+def _files_context(engine, container, path: str) -> dict:
+    try:
+        entries = containerfs.list_dir(engine, container.container_id, path)
+        error = None
+    except EngineError as e:
+        entries, error = [], str(e)
+    parent = path.rstrip("/").rsplit("/", 1)[0] or "/"
+    return {"path": path, "entries": entries, "files_error": error, "parent": parent}
+
+
+@require_POST
+def container_action(request, name: str, action: str):
+    """start / stop / restart / kill / pause / unpause (operators and admins)."""
+    if action not in ACTIONS:
+        raise Http404(action)
+    if not request.user.has_perm("containers.operate_container"):
+        messages.error(request, "You may not change containers.")
+        return redirect("containers:container_detail", name)
+    container = _get(name)
+    kwargs = {"signal": request.POST.get("signal") or "KILL"} if action == "kill" else {}
+    try:
+        services.container_action(container, action, request=request, **kwargs)
+        messages.success(request, f"{action.capitalize()}: {container.name}")
+    except EngineError as e:
+        messages.error(request, f"Cannot {action} {container.name}: {e}")
+    return redirect("containers:container_detail", container.name)
+
+
+@require_POST
+@permission_required("containers.delete_container", raise_exception=True)
+def container_remove(request, name: str):
+    container = _get(name)
+    try:
+        services.container_action(container, "remove", request=request, force=request.POST.get("force") == "on",
+                                  volumes=request.POST.get("volumes") == "on")
+    except EngineError as e:
+        messages.error(request, f"Cannot remove {container.name}: {e}")
+        return redirect("containers:container_detail", container.name)
+    messages.success(request, f"Removed {container.name}")
+    return redirect("containers:container_list")
+
+
+@require_POST
+@permission_required("containers.change_container", raise_exception=True)
+def container_rename(request, name: str):
+    container = _get(name)
+    form = RenameForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, f"Cannot rename: {form.errors['name'][0]}")
+        return redirect("containers:container_detail", container.name)
+    try:
+        services.container_action(container, "rename", request=request, new_name=form.cleaned_data["name"])
+    except EngineError as e:
+        messages.error(request, f"Cannot rename {container.name}: {e}")
+        return redirect("containers:container_detail", container.name)
+    return redirect("containers:container_detail", form.cleaned_data["name"])
+
+
+@require_POST
+@permission_required("images.add_image", raise_exception=True)
+def container_commit(request, name: str):
+    container = _get(name)
+    form = CommitForm(request.POST)
+    form.is_valid()
+    data = form.cleaned_data
+    try:
+        image_id = services.commit(container.container_id, reference=data.get("reference", ""),
+                                   changes=[c for c in data.get("changes", "").splitlines() if c.strip()],
+                                   message=data.get("message", ""), author=data.get("author", ""), request=request)
+    except EngineError as e:
+        messages.error(request, f"Cannot commit {container.name}: {e}")
+        return redirect("containers:container_detail", container.name)
+    messages.success(request, f"Committed {container.name} as {image_id[:19]}")
+    return redirect("images:image_detail", image_id[7:19])
+
+
+def container_download(request, name: str):
+    """Download a file or folder of the container as a tar (``docker cp CTR:path -``)."""
+    container = _get(name)
+    path = request.GET.get("path") or "/"
+    engine = services.engine_containers()
+    try:
+        containerfs.stat_path(engine, container.container_id, path)
+    except EngineError as e:
+        raise Http404(str(e)) from None
+    response = StreamingHttpResponse(containerfs.copy_out(engine, container.container_id, path),
+                                     content_type="application/x-tar")
+    filename = (path.rstrip("/").rsplit("/", 1)[-1] or "root") + ".tar"
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
+
+
+@require_POST
+@permission_required("containers.change_container", raise_exception=True)
+def container_upload(request, name: str):
+    """Upload a file into a folder of the container (``docker cp file CTR:path``)."""
+    container = _get(name)
+    path = request.POST.get("path") or "/"
+    upload = request.FILES.get("file")
+    if upload is None:
+        messages.error(request, "Choose a file to upload.")
+    else:
+        try:
+            services.upload_file(container.container_id, path, upload, request=request)
+            messages.success(request, f"Uploaded {upload.name} to {path}")
+        except EngineError as e:
+            messages.error(request, f"Cannot upload: {e}")
+    return redirect(f"{container.get_absolute_url()}?tab=files&path={path}")

@@ -342,9 +342,11 @@ def prune_images(*, all: bool = False, request=None) -> dict:
     return result
 
 
-def image_in_use(image_id: str) -> bool:
-    """True while a container uses the image (containers arrive with the containers issue)."""
-    return False
+def image_in_use(image_id: str):
+    """The id of a container that uses the image (rmi refuses it unless forced), or False."""
+    from containers.services import image_in_use as used_by_container
+
+    return used_by_container(image_id)
 
 
 def layer_in_use(chain_id: str) -> bool:

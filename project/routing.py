@@ -1,8 +1,12 @@
 from django.urls import path
 
+from containers import consumers as container_consumers
+
 from . import consumers
 
 websocket_urlpatterns = [
     path("ws/events", consumers.EventsConsumer.as_asgi()),
     path("ws/jobs/<int:pk>", consumers.JobConsumer.as_asgi()),
+    path("ws/containers/<str:container_id>/logs", container_consumers.ContainerLogsConsumer.as_asgi()),
+    path("ws/containers/<str:container_id>/stats", container_consumers.ContainerStatsConsumer.as_asgi()),
 ]

@@ -45,3 +45,6 @@ def worker_started() -> None:
                 logger.info("reconcile %s: %s", label, reconcile())
             except Exception:
                 logger.exception("reconcile of %s failed", label)
+    from containers.watcher import start_watcher
+
+    start_watcher()

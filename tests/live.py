@@ -154,6 +154,7 @@ def start_live_server(logdir: Path) -> LiveServer:
                 "BERTH_ADMIN_PASSWORD": ADMIN_PASSWORD})
     manage("migrate", "--no-input", "-v0", env=env)
     manage("ensureadmin", env=env)
+    manage("ensurestarterimage", env=env)  # busybox:latest, offline, as `make run` does
     token = manage("createtoken", ADMIN_USER, env=env).strip().splitlines()[-1]
     node = env["BERTH_NODE"]
     worker = start("worker", [str(VENV_BIN / "celery"), "-A", "project", "worker", "-Q", f"node.{node}",

@@ -3,6 +3,7 @@ CLI makes before it knows the version, unversioned (project/urls.py)."""
 
 from django.urls import path, re_path
 
+from containers import dockerapi as containers_api
 from images import dockerapi as images_api
 
 from . import system
@@ -28,4 +29,28 @@ urlpatterns = [
     re_path(r"^images/(?P<name>.+)/tag$", images_api.image_tag, name="image_tag"),
     re_path(r"^images/(?P<name>.+)/push$", images_api.image_push, name="image_push"),
     re_path(r"^images/(?P<name>[^/].*)$", images_api.image_delete, name="image_delete"),
+    # Containers. Ids and names hold no slash.
+    path("containers/create", containers_api.container_create, name="container_create"),
+    path("containers/json", containers_api.container_list, name="container_list"),
+    path("containers/prune", containers_api.container_prune, name="container_prune"),
+    path("containers/<str:name>/json", containers_api.container_inspect, name="container_inspect"),
+    path("containers/<str:name>/start", containers_api.container_start, name="container_start"),
+    path("containers/<str:name>/stop", containers_api.container_stop, name="container_stop"),
+    path("containers/<str:name>/restart", containers_api.container_restart, name="container_restart"),
+    path("containers/<str:name>/kill", containers_api.container_kill, name="container_kill"),
+    path("containers/<str:name>/pause", containers_api.container_pause, name="container_pause"),
+    path("containers/<str:name>/unpause", containers_api.container_unpause, name="container_unpause"),
+    path("containers/<str:name>/rename", containers_api.container_rename, name="container_rename"),
+    path("containers/<str:name>/wait", containers_api.container_wait, name="container_wait"),
+    path("containers/<str:name>/logs", containers_api.container_logs, name="container_logs"),
+    path("containers/<str:name>/top", containers_api.container_top, name="container_top"),
+    path("containers/<str:name>/stats", containers_api.container_stats, name="container_stats"),
+    path("containers/<str:name>/changes", containers_api.container_changes, name="container_changes"),
+    path("containers/<str:name>/export", containers_api.container_export, name="container_export"),
+    path("containers/<str:name>/archive", containers_api.container_archive, name="container_archive"),
+    path("containers/<str:name>/exec", containers_api.exec_create, name="exec_create"),
+    path("containers/<str:name>", containers_api.container_delete, name="container_delete"),
+    path("exec/<str:exec_id>/start", containers_api.exec_start, name="exec_start"),
+    path("exec/<str:exec_id>/json", containers_api.exec_inspect, name="exec_inspect"),
+    path("commit", containers_api.commit, name="commit"),
 ]

@@ -1,0 +1,371 @@
+"""The rules of containers: create, run, start, stop, remove..., restart policies, and keeping the
+models in step with the engine.
+
+Changes go to the node's worker (``nodes.call`` on a task, which calls a ``do_*`` function here);
+reads (inspect, logs, top, stats, diff, files) call the engine's read-only functions directly.
+"""
+
+from __future__ import annotations
+
+import datetime
+import io
+import logging
+import os
+import secrets
+import tarfile
+import time
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from project import audit, nodes, realtime
+from project.engine import get_engine
+from runtime import containerfs
+from runtime.errors import NotFound
+
+from .choices import ACTIVE_STATES, ContainerStateChoices
+from .models import Container, ExecSession
+
+logger = logging.getLogger(__name__)
+
+
+def engine_containers():
+    return get_engine().containers
+
+
+#
+# Models <- engine
+#
+
+def _time(value) -> datetime.datetime | None:
+    if not value:
+        return None
+    if isinstance(value, datetime.datetime):
+        return value if value.tzinfo else value.replace(tzinfo=datetime.timezone.utc)
+    try:
+        parsed = datetime.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if parsed.year < 1900:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.timezone.utc)
+
+
+def _config_dict(config) -> dict:
+    import dataclasses
+
+    if dataclasses.is_dataclass(config):
+        return dataclasses.asdict(config)
+    return dict(config or {})
+
+
+@transaction.atomic
+def sync_container(record) -> Container:
+    """Create or update the row of one container from the engine's record; publish its state."""
+    from images.models import Image
+
+    state = getattr(record.state, "value", record.state)
+    fields = dict(
+        name=record.name, node=settings.NODE_NAME, image=Image.objects.filter(digest=record.image_id).first(),
+        image_ref=record.image_ref or record.image_id, config=_config_dict(record.config), state=state,
+        pid=record.pid or 0, exit_code=record.exit_code, error=record.error or "",
+        oom_killed=bool(record.oom_killed), created=_time(record.created) or timezone.now(),
+        stopped_by_user=record.manually_stopped,
+        started_at=_time(record.started_at), finished_at=_time(record.finished_at),
+    )
+    container, created = Container.objects.get_or_create(container_id=record.id, defaults=fields)
+    changed = created or container.state != state or container.exit_code != record.exit_code
+    if not created:
+        for key, value in fields.items():
+            setattr(container, key, value)
+        container.save()
+    if changed:
+        realtime.publish_on_commit(realtime.EVENTS_GROUP, state_event(container))
+    return container
+
+
+def state_event(container: Container) -> dict:
+    return {"type": "container.state", "id": container.container_id, "name": container.name,
+            "state": container.state, "exit_code": container.exit_code}
+
+
+def forget_container(container_id: str) -> None:
+    container = Container.objects.filter(container_id=container_id).first()
+    if container is not None:
+        event = {**state_event(container), "state": "removed"}
+        container.delete()
+        realtime.publish_on_commit(realtime.EVENTS_GROUP, event)
+
+
+def reconcile_containers() -> dict:
+    """Make the models match the engine after a restart; apply restart policies to what exited."""
+    records = engine_containers().reconcile()
+    seen = set()
+    for record in records:
+        seen.add(record.id)
+        sync_container(record)
+    stale = Container.objects.filter(node=settings.NODE_NAME).exclude(container_id__in=seen)
+    removed = list(stale.values_list("name", flat=True))
+    stale.delete()
+    restarted = [c.name for c in Container.objects.filter(node=settings.NODE_NAME, state="exited")
+                 if restart_on_worker_start(c)]
+    return {"containers": len(seen), "removed": removed, "restarted": restarted}
+
+
+#
+# Restart policies
+#
+
+def should_restart(container: Container) -> bool:
+    """Docker's restart policies, for a container that just exited on its own."""
+    policy = (container.config.get("restart_policy") or {})
+    name, max_retries = policy.get("Name", "no"), int(policy.get("MaximumRetryCount") or 0)
+    if container.stopped_by_user or name == "no":
+        return False
+    if name == "on-failure":
+        return container.exit_code not in (0, None) and (max_retries == 0 or container.restart_count < max_retries)
+    return name in ("always", "unless-stopped")
+
+
+def restart_on_worker_start(container: Container) -> bool:
+    """After a host or worker restart: ``always`` and ``unless-stopped`` (not stopped by a user) come back."""
+    policy = (container.config.get("restart_policy") or {}).get("Name", "no")
+    if policy == "always" or (policy == "unless-stopped" and not container.stopped_by_user):
+        try:
+            sync_container(engine_containers().start(container.container_id))
+            return True
+        except Exception:
+            logger.exception("restart of %s after a worker start failed", container.name)
+    return False
+
+
+def handle_exit(container_id: str) -> None:
+    """Called by the watcher when a container's exit is seen: record it, then restart or auto-remove."""
+    engine = engine_containers()
+    record = engine.sync(container_id)
+    container = sync_container(record)
+    if container.state != ContainerStateChoices.EXITED:
+        return
+    if should_restart(container):
+        Container.objects.filter(pk=container.pk).update(restart_count=container.restart_count + 1)
+        sync_container(engine.start(container_id))
+    elif container.config.get("auto_remove"):
+        engine.remove(container_id, force=True)
+        forget_container(container_id)
+
+
+#
+# Changes, run in the worker (do_*), asked for by views and the API (the functions without do_)
+#
+
+def do_create(config: dict, user_id: int | None = None, start: bool = False) -> str:
+    from runtime.containers import ContainerConfig
+
+    engine = engine_containers()
+    record = engine.create(ContainerConfig.from_json(config))
+    if start:
+        try:
+            record = engine.start(record.id)
+        finally:
+            container = sync_container(engine.get(record.id))
+    else:
+        container = sync_container(record)
+    if user_id:
+        Container.objects.filter(pk=container.pk).update(user_id=user_id)
+    return record.id
+
+
+def create_container(config: dict, *, start: bool = False, user=None, request=None) -> Container:
+    """``docker create`` (or ``docker run -d`` with start): returns the new container's row."""
+    from . import tasks
+
+    user_id = user.pk if user is not None and user.is_authenticated else None
+    container_id = nodes.call(tasks.create_container, config, user_id, start)
+    container = Container.objects.get(container_id=container_id)
+    audit.record(request, "container.run" if start else "container.create", container, image=config.get("image"))
+    return container
+
+
+def do_action(container_id: str, action: str, **kwargs):
+    """Run one lifecycle verb of the engine on a container and record the outcome."""
+    engine = engine_containers()
+    if action == "remove":
+        engine.remove(container_id, **kwargs)
+        forget_container(container_id)
+        return None
+    getattr(engine, action)(container_id, **kwargs)
+    sync_container(engine.get(container_id))
+    return None
+
+
+ACTION_TIMEOUT_SLACK = 30
+
+
+def container_action(container: Container, action: str, *, request=None, **kwargs) -> None:
+    """start / stop / restart / kill / pause / unpause / remove / rename, through the worker."""
+    from . import tasks
+
+    timeout = nodes.DEFAULT_TIMEOUT + int(kwargs.get("timeout") or 0) + ACTION_TIMEOUT_SLACK
+    nodes.call(tasks.container_action, container.container_id, action, kwargs, timeout=timeout)
+    audit.record(request, f"container.{action}", container, **{k: v for k, v in kwargs.items() if k != "signal"})
+
+
+def get_container(name_or_id: str) -> Container:
+    """The row of a container named by name, id or id prefix (NotFound as Docker words it)."""
+    record = engine_containers().get(name_or_id)
+    container = Container.objects.filter(container_id=record.id).first()
+    return container or sync_container(record)
+
+
+def docker_info_counts() -> dict:
+    """The container counts of ``docker info``."""
+    rows = Container.objects.filter(node=settings.NODE_NAME)
+    running = rows.filter(state=ContainerStateChoices.RUNNING).count()
+    paused = rows.filter(state=ContainerStateChoices.PAUSED).count()
+    total = rows.count()
+    return {"Containers": total, "ContainersRunning": running, "ContainersPaused": paused,
+            "ContainersStopped": total - running - paused}
+
+
+def image_in_use(image_id: str):
+    """The id of a container that uses the image, or False (for rmi)."""
+    row = Container.objects.filter(image__digest=image_id).first()
+    return row.container_id if row else False
+
+
+def active_containers():
+    return Container.objects.filter(node=settings.NODE_NAME, state__in=ACTIVE_STATES)
+
+
+#
+# Files, exec, commit, prune
+#
+
+def do_copy_in(container_id: str, path: str, staged: str, no_overwrite_dir_non_dir: bool = False) -> None:
+    try:
+        with open(staged, "rb") as f:
+            containerfs.copy_in(engine_containers(), container_id, path, f,
+                                no_overwrite_dir_non_dir=no_overwrite_dir_non_dir)
+    finally:
+        os.unlink(staged)
+
+
+def copy_in(container_id: str, path: str, stream, *, no_overwrite_dir_non_dir: bool = False, request=None) -> None:
+    """``docker cp - CTR:path``: the tar is staged, then the worker extracts it inside the container."""
+    from images.services import stage_upload
+
+    from . import tasks
+
+    staged = stage_upload(stream)
+    nodes.call(tasks.copy_in, container_id, path, staged, no_overwrite_dir_non_dir)
+    audit.record(request, "container.copy_in", Container.objects.filter(container_id=container_id).first(), path=path)
+
+
+def upload_file(container_id: str, directory: str, upload, *, request=None) -> None:
+    """The file browser's upload: one file into ``directory``, as a one-entry tar."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        info = tarfile.TarInfo(os.path.basename(upload.name))
+        info.size = upload.size
+        info.mode = 0o644
+        info.mtime = int(time.time())
+        tar.addfile(info, upload)
+    buffer.seek(0)
+    copy_in(container_id, directory, buffer, request=request)
+
+
+def exec_create(container_id: str, body: dict, *, user=None) -> str:
+    """``POST /containers/{id}/exec``: record the exec; it runs when started."""
+    exec_id = secrets.token_hex(32)
+    container = Container.objects.get(container_id=container_id)
+    ExecSession.objects.create(exec_id=exec_id, container=container, cmd=list(body["Cmd"]),
+                               tty=bool(body.get("Tty")), user=user if user and user.is_authenticated else None,
+                               spec={k: body.get(k) for k in ("Cmd", "Env", "User", "WorkingDir", "Tty")})
+    return exec_id
+
+
+def do_exec_detached(exec_id: str) -> None:
+    session = ExecSession.objects.select_related("container").get(exec_id=exec_id)
+    spec = session.spec
+    runtime_id = engine_containers().exec(session.container.container_id, spec["Cmd"], env=spec.get("Env") or (),
+                                          user=spec.get("User") or "", workdir=spec.get("WorkingDir") or "",
+                                          tty=bool(spec.get("Tty")), detach=True)
+    session.spec = {**spec, "runtime_id": runtime_id}
+    session.started = True
+    session.save(update_fields=("spec", "started"))
+
+
+def exec_start_detached(exec_id: str) -> None:
+    """``POST /exec/{id}/start`` with Detach: the process runs on, nobody attached (``docker exec -d``)."""
+    from . import tasks
+
+    if not ExecSession.objects.filter(exec_id=exec_id).exists():
+        raise NotFound(f"No such exec instance: {exec_id}")
+    nodes.call(tasks.exec_detached, exec_id)
+
+
+def exec_inspect(exec_id: str) -> dict:
+    """``GET /exec/{id}/json`` in Docker's shape; running and exit code from the engine's session."""
+    session = ExecSession.objects.select_related("container").filter(exec_id=exec_id).first()
+    if session is None:
+        raise NotFound(f"No such exec instance: {exec_id}")
+    spec = session.spec or {}
+    running, exit_code, pid = False, session.exit_code, 0
+    if spec.get("runtime_id"):
+        state = engine_containers().exec_inspect(spec["runtime_id"])
+        running, exit_code, pid = state["running"], state["exit_code"], state.get("pid", 0)
+        if exit_code is not None and session.exit_code is None:
+            ExecSession.objects.filter(pk=session.pk).update(exit_code=exit_code, finished_at=timezone.now())
+    cmd = spec.get("Cmd") or [""]
+    return {
+        "ID": session.exec_id, "Running": bool(running), "ExitCode": exit_code,
+        "ProcessConfig": {"entrypoint": cmd[0], "arguments": cmd[1:], "tty": session.tty, "privileged": False,
+                          "user": spec.get("User") or ""},
+        "OpenStdin": False, "OpenStderr": True, "OpenStdout": True, "CanRemove": False,
+        "ContainerID": session.container.container_id, "DetachKeys": "", "Pid": pid,
+    }
+
+
+def do_commit(container_id: str, reference: str, changes: list[str], message: str, author: str, pause: bool) -> str:
+    from images.services import sync_image
+
+    record = containerfs.commit(engine_containers(), get_engine().store, container_id, reference=reference or None,
+                                changes=changes, message=message, author=author, pause=pause)
+    sync_image(record)
+    return record.id
+
+
+def commit(container_id: str, *, reference: str = "", changes=(), message: str = "", author: str = "",
+           pause: bool = True, request=None) -> str:
+    """``docker commit``: the read-write layer becomes a new image; returns its id."""
+    from runtime.reference import parse_reference
+
+    from . import tasks
+
+    if reference:
+        reference = parse_reference(reference).familiar
+    image_id = nodes.call(tasks.commit, container_id, reference, list(changes), message, author, pause)
+    audit.record(request, "container.commit", Container.objects.filter(container_id=container_id).first(),
+                 image=image_id, reference=reference)
+    return image_id
+
+
+def do_prune() -> dict:
+    engine = engine_containers()
+    deleted, reclaimed = [], 0
+    for record in engine.list(all=True):
+        if getattr(record.state, "value", record.state) in ("exited", "configured", "created", "dead"):
+            engine.remove(record.id)
+            forget_container(record.id)
+            deleted.append(record.id)
+    return {"ContainersDeleted": deleted, "SpaceReclaimed": reclaimed}
+
+
+def prune(*, request=None) -> dict:
+    """``docker container prune``: every stopped container goes."""
+    from . import tasks
+
+    answer = nodes.call(tasks.prune)
+    audit.record(request, "container.prune", None, deleted=len(answer["ContainersDeleted"]))
+    return answer

@@ -1,0 +1,42 @@
+"""Celery tasks of the containers app: thin shells over services (the worker owns engine state)."""
+
+from celery import shared_task
+
+from project import nodes
+
+from . import services
+
+
+@shared_task
+def create_container(config: dict, user_id: int | None = None, start: bool = False) -> dict:
+    return nodes.wrap_result(services.do_create, config, user_id, start)
+
+
+@shared_task
+def container_action(container_id: str, action: str, kwargs: dict) -> dict:
+    return nodes.wrap_result(services.do_action, container_id, action, **kwargs)
+
+
+@shared_task
+def reconcile_containers() -> dict:
+    return services.reconcile_containers()
+
+
+@shared_task
+def copy_in(container_id: str, path: str, staged: str, no_overwrite_dir_non_dir: bool = False) -> dict:
+    return nodes.wrap_result(services.do_copy_in, container_id, path, staged, no_overwrite_dir_non_dir)
+
+
+@shared_task
+def exec_detached(exec_id: str) -> dict:
+    return nodes.wrap_result(services.do_exec_detached, exec_id)
+
+
+@shared_task
+def commit(container_id: str, reference: str, changes: list, message: str, author: str, pause: bool) -> dict:
+    return nodes.wrap_result(services.do_commit, container_id, reference, changes, message, author, pause)
+
+
+@shared_task
+def prune() -> dict:
+    return nodes.wrap_result(services.do_prune)

@@ -1,0 +1,124 @@
+"""Containers through the real docker CLI against a live Berth: real runc, conmon and overlayfs."""
+
+import io
+import json
+import subprocess
+import tarfile
+import time
+import uuid
+
+import pytest
+
+from tests import dockerspec
+
+pytestmark = pytest.mark.live
+
+
+@pytest.fixture
+def docker(berth, tmp_path):
+    env = berth.docker_env(tmp_path / "docker")
+
+    def run(*args, timeout=60, check=True, binary=False):
+        result = subprocess.run(["docker", *args], env=env, capture_output=True, text=not binary, timeout=timeout)
+        if check:
+            assert result.returncode == 0, f"docker {' '.join(args)}: {result.stderr}\n{berth.logs()}"
+        return result
+
+    return run
+
+
+@pytest.fixture
+def name():
+    return "t-" + uuid.uuid4().hex[:8]
+
+
+def state(docker, name):
+    return json.loads(docker("inspect", "--format", "{{json .State}}", name).stdout)
+
+
+def wait_until(predicate, timeout=15):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_run_d_ps_logs_stop_start_rm(docker, berth, name):
+    cid = docker("run", "-d", "--name", name, "-e", "GREETING=hello", "busybox",
+                 "sh", "-c", "echo $GREETING from $(hostname); trap 'exit 0' TERM; while true; do sleep 0.2; done").stdout.strip()
+    assert len(cid) == 64
+    assert name in docker("ps", "--format", "{{.Names}} {{.Status}}").stdout
+    assert wait_until(lambda: "hello from" in docker("logs", name).stdout)
+    status, body = berth.json("GET", f"/v1.41/containers/{name}/json")
+    dockerspec.validate(body, "/containers/{id}/json")
+    assert body["State"]["Running"] is True and body["Config"]["Env"][0:0] == []
+    docker("stop", "-t", "5", name)
+    assert state(docker, name)["Status"] == "exited" and state(docker, name)["ExitCode"] == 0
+    assert name not in docker("ps", "--format", "{{.Names}}").stdout
+    assert name in docker("ps", "-a", "--format", "{{.Names}}").stdout
+    docker("start", name)
+    assert state(docker, name)["Running"] is True
+    refused = docker("rm", name, check=False)
+    assert refused.returncode != 0 and "Stop the container before attempting removal" in refused.stderr
+    docker("rm", "-f", name)
+    assert name not in docker("ps", "-a", "--format", "{{.Names}}").stdout
+
+
+def test_exit_codes_wait_and_kill(docker, name):
+    docker("run", "-d", "--name", name, "busybox", "sh", "-c", "sleep 0.5; exit 3")
+    assert docker("wait", name).stdout.strip() == "3"
+    docker("start", name)
+    assert docker("wait", name).stdout.strip() == "3"
+    other = name + "-k"
+    docker("run", "-d", "--name", other, "busybox", "sleep", "300")
+    docker("kill", other)
+    assert wait_until(lambda: state(docker, other)["ExitCode"] == 137)
+    docker("rm", name, other)
+
+
+def test_pause_unpause_restart_rename_top_stats(docker, name):
+    docker("run", "-d", "--name", name, "busybox", "sleep", "300")
+    docker("pause", name)
+    assert state(docker, name)["Status"] == "paused"
+    docker("unpause", name)
+    assert state(docker, name)["Status"] == "running"
+    top = docker("top", name).stdout
+    assert "sleep 300" in top
+    stats = json.loads(docker("stats", "--no-stream", "--format", "{{json .}}", name).stdout)
+    assert stats["Name"] == name
+    started = state(docker, name)["StartedAt"]
+    docker("restart", "-t", "1", name)
+    assert state(docker, name)["StartedAt"] != started
+    docker("rename", name, name + "-renamed")
+    assert state(docker, name + "-renamed")["Running"] is True
+    docker("rm", "-f", name + "-renamed")
+
+
+def test_exec_detached_and_diff_cp_commit_export(docker, name, tmp_path):
+    docker("run", "-d", "--name", name, "busybox", "sleep", "300")
+    docker("exec", "-d", name, "sh", "-c", "echo made-by-exec > /tmp/exec.txt; rm /etc/group")
+    assert wait_until(lambda: "A /tmp/exec.txt" in docker("diff", name).stdout)
+    changes = docker("diff", name).stdout.splitlines()
+    assert "C /tmp" in changes and "D /etc/group" in changes
+    # cp out, cp in.
+    docker("cp", f"{name}:/tmp/exec.txt", str(tmp_path / "out.txt"))
+    assert (tmp_path / "out.txt").read_text() == "made-by-exec\n"
+    (tmp_path / "in.txt").write_text("copied in\n")
+    docker("cp", str(tmp_path / "in.txt"), f"{name}:/root/in.txt")
+    assert "A /root/in.txt" in docker("diff", name).stdout
+    # commit, and the new image runs with the file.
+    image = f"committed/{name}:v1"
+    docker("commit", "-m", "from a test", "-c", "ENV COMMITTED=yes", name, image)
+    out = docker("run", "--rm", "-d", "--name", name + "-c", image, "sh", "-c",
+                 "cat /root/in.txt /tmp/exec.txt; echo $COMMITTED; sleep 1").stdout
+    assert wait_until(lambda: "yes" in docker("logs", name + "-c", check=False).stdout)
+    logs = docker("logs", name + "-c").stdout
+    assert "copied in" in logs and "made-by-exec" in logs
+    # export: the whole filesystem as a flat tar.
+    exported = docker("export", name, binary=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(exported)) as tar:
+        names = tar.getnames()
+    assert "bin/busybox" in names and "tmp/exec.txt" in names and "etc/group" not in names
+    docker("rm", "-f", name)
