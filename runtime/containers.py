@@ -478,7 +478,8 @@ class ContainerStore:
         2. Resolve the image and merge its config with the options as Docker does (see
            ``merge_image_config``): "No command specified" when there is nothing to run.
         3. Allocate the id and, under the names lock, the name (given, or a random
-           adjective_surname); write the record and make the container's directories.
+           adjective_surname); make the container's directories and its volumes (named ones if
+           missing, anonymous ones with 64-hex names), write the record.
         """
         name = validate_name(config.name) if config.name else ""
         image = self.images.resolve(config.image)
@@ -497,7 +498,10 @@ class ContainerStore:
             id=cid, name=name, image_id=str(image.id), image_ref=config.image, config=merged,
             created=format_time_ns(time.time_ns()), path=argv[0], args=argv[1:],
         )
-        with self._names_locked():
+        volumes = [m for m in merged.mounts if m.kind == "volume"]
+        # The volumes lock keeps a concurrent ``volume rm``/``prune`` from removing a volume
+        # between its creation here and the record that makes it "in use" (runtime.volumes).
+        with self.volumes.locked() if volumes else contextlib.nullcontext(), self._names_locked():
             records = [r for r in (self._read(i) for i in self._ids()) if r is not None]
             taken = {r.name: r.id for r in records}
             if name and name in taken:
@@ -508,9 +512,17 @@ class ContainerStore:
             record.name = name or _random_name(taken)
             directory = self._dir(cid)
             os.makedirs(directory, mode=0o700)
-            for sub in ("bundle", "exits", "persist"):
-                os.mkdir(os.path.join(directory, sub), 0o700)
-            self._write(record, durable=True)
+            try:
+                for sub in ("bundle", "exits", "persist"):
+                    os.mkdir(os.path.join(directory, sub), 0o700)
+                # As docker create does: the volumes exist from now on (filled from the image at
+                # the first start, when the rootfs is mounted).
+                for mount in volumes:
+                    self.volumes.ensure(mount.source, {ANONYMOUS_LABEL: ""} if mount.anonymous else None)
+                self._write(record, durable=True)
+            except BaseException:
+                shutil.rmtree(directory, ignore_errors=True)
+                raise
         return record
 
     def _check_options(self, config: ContainerConfig) -> None:
@@ -901,10 +913,16 @@ class ContainerStore:
     def stop(self, id_or_name: str, timeout: int | None = None) -> ContainerRecord:
         """``docker stop``: RUNNING, PAUSED or CREATED -> STOPPING -> EXITED.
 
-        Sends the stop signal (the option's, else the image's StopSignal, else SIGTERM), waits up
-        to ``timeout`` seconds (default: the container's stop_timeout, else 10; negative: forever)
-        for conmon's exit file, then SIGKILLs. A paused container is thawed after the signal so
-        it can act on it. A container that is not running is left as it is (Docker's 304).
+        1. Under the lock: STOPPING, then the stop signal (the option's, else the image's
+           StopSignal, else SIGTERM; SIGKILL for a container only created in runc). A paused
+           container is thawed after the signal, so that it can act on it.
+        2. Without the lock (so that ``kill`` or ``inspect`` are not kept waiting): wait up to
+           ``timeout`` seconds (default: the container's stop_timeout, else 10; negative: for
+           ever) for conmon's exit file.
+        3. Under the lock: sync, which records the exit; if the process still runs, SIGKILL and
+           wait again.
+
+        A container that is not running is left as it is (Docker's 304 Not Modified).
         """
         record = self._lookup(id_or_name)
         with self._locked(record.id) as record:
@@ -915,22 +933,26 @@ class ContainerStore:
                 timeout = record.config.stop_timeout
                 if timeout is None:
                     timeout = DEFAULT_STOP_TIMEOUT
-            was_paused = record.state is S.PAUSED
+            was_paused, was_created = record.state is S.PAUSED, record.state is S.CREATED
             record.state = S.STOPPING
             record.manually_stopped = True
             self._write(record)
-            if was_paused or timeout == 0 or record.pid == 0 or record.state is S.CREATED:
-                # A created container only has runc's init waiting: nothing to stop gracefully.
+            if was_created or timeout == 0 or record.pid == 0:
                 sig = "KILL"
             else:
                 sig = str(parse_signal(record.config.stop_signal or "SIGTERM"))
             self._signal(record, sig)
             if was_paused:
                 self._thaw(record)
-            if not self._wait_exit(record, None if timeout < 0 else float(timeout)):
-                self._signal(record, "KILL")
-                if not self._wait_exit(record, KILL_TIMEOUT):
-                    raise CommandError(f"container {record.id} did not exit {KILL_TIMEOUT:g}s after SIGKILL")
+        if sig != "KILL":
+            self._wait_exit(record, None if timeout < 0 else float(timeout))
+        with self._locked(record.id) as record:
+            self._sync(record)
+            if record.state not in ACTIVE_STATES:
+                return record
+            self._signal(record, "KILL")
+            if not self._wait_exit(record, KILL_TIMEOUT):
+                raise CommandError(f"container {record.id} did not exit {KILL_TIMEOUT:g}s after SIGKILL")
             self._finish(record)
             return record
 

@@ -6,9 +6,11 @@ cgroup, no conmon.
 """
 
 import io
+import json
 import os
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -16,7 +18,7 @@ from runtime.config import RuntimeConfig
 from runtime.containers import LOST_EXIT_CODE, ContainerConfig, ContainerStore, Mount
 from runtime.engine import Engine
 from runtime.errors import AlreadyExists, InvalidArgument, InvalidState, NotFound
-from runtime.monitor import parse_time_ns
+from runtime.monitor import parse_time_ns, process_start_time
 from runtime.rootfs import is_mounted
 from runtime.starter import STARTER_CHANGES, write_rootfs
 from runtime.state import ContainerState
@@ -230,9 +232,9 @@ def test_pause_freezes_the_processes_and_unpause_thaws_them(store, ctr):
     record = store.unpause(record.id)
     assert record.state is S.RUNNING
     wait_for(lambda: output(store, record.id).count(b"tick") > frozen.count(b"tick"))
-    # A paused container can be stopped.
+    # A paused container can be stopped: it gets the signal, is thawed, then killed after the timeout.
     store.pause(record.id)
-    assert store.stop(record.id, timeout=5).exit_code == 137
+    assert store.stop(record.id, timeout=1).exit_code == 137
 
 
 def test_restart_gives_a_new_process(store, ctr):
@@ -509,10 +511,53 @@ def test_a_dead_monitor_gives_255_once_the_process_is_gone(store, ctr):
     assert record.state is S.EXITED and record.exit_code == LOST_EXIT_CODE and "conmon" in record.error
 
 
-def test_wait_times_out(store, ctr):
+def test_a_container_of_a_previous_boot_is_exited_with_255(store, ctr):
+    record = ctr("sleep", "1000")
+    path = os.path.join(store.root, record.id, "config.json")
+    with open(path) as f:
+        doc = json.load(f)
+    doc["boot_id"] = "an-older-boot"
+    with open(path, "w") as f:
+        json.dump(doc, f)
+    (synced,) = [r for r in store.reconcile() if r.id == record.id]
+    assert synced.state is S.EXITED and synced.exit_code == LOST_EXIT_CODE and "rebooted" in synced.error
+    assert store.runc.state(record.id) is None
+    assert process_start_time(record.pid) is None  # Gone (or a zombie): runc delete --force killed it.
+
+
+def test_wait_times_out_and_knows_dockers_conditions(store, ctr):
     record = ctr("sleep", "1000")
     with pytest.raises(TimeoutError):
         store.wait(record.id, timeout=0.2)
+    store.stop(record.id, timeout=0)
+    assert store.wait(record.id, timeout=1) == 137
+    # next-exit waits for a run that has not started yet; removed, for the container to go.
+    waiter = ThreadPoolExecutor(2)
+    next_exit = waiter.submit(store.wait, record.id, 10, "next-exit")
+    removed = waiter.submit(store.wait, record.id, 10, "removed")
+    time.sleep(0.2)
+    assert not next_exit.done()
+    store.start(record.id)
+    store.kill(record.id, "TERM")  # A PID 1 without a handler ignores it: still running.
+    time.sleep(0.2)
+    assert not next_exit.done()
+    store.kill(record.id, "KILL")
+    assert next_exit.result(timeout=10) == 137
+    assert not removed.done()
+    store.remove(record.id)
+    assert removed.result(timeout=10) == 137
+    waiter.shutdown()
+
+
+def test_kill_does_not_wait_for_a_stop_in_progress(store, ctr):
+    record = ctr("sleep", "1000")
+    with ThreadPoolExecutor(1) as pool:
+        stopping = pool.submit(store.stop, record.id, 30)
+        wait_for(lambda: store.get(record.id).state is S.STOPPING)
+        started = time.monotonic()
+        store.kill(record.id, "KILL")
+        assert time.monotonic() - started < 5
+        assert stopping.result(timeout=10).exit_code == 137
 
 
 #
