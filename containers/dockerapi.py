@@ -303,3 +303,37 @@ def container_prune(request):
     require_perm(request, "containers.delete_container")
     return json_response(services.prune(request=request))
 
+
+
+#
+# Volumes
+#
+
+@docker_endpoint("GET")
+def volume_list(request):
+    volumes = services.volume_store().list(query_filters(request), in_use=engine().volume_users)
+    return json_response({"Volumes": volumes, "Warnings": []})
+
+
+@docker_endpoint("POST")
+def volume_create(request):
+    require_perm(request, "containers.add_volume")
+    body = json_body(request)
+    if body.get("Driver") not in (None, "", "local"):
+        raise ApiError(f"volume driver {body['Driver']!r} is not supported: only local", 400)
+    return json_response(services.volume_create(body.get("Name"), body.get("Labels"), request=request), status=201)
+
+
+@docker_endpoint("GET", "DELETE")
+def volume_detail(request, name: str):
+    if request.method == "DELETE":
+        require_perm(request, "containers.delete_volume")
+        services.volume_remove(name, force=query_bool(request, "force"), request=request)
+        return HttpResponse(status=204)
+    return json_response(services.volume_store().get(name))
+
+
+@docker_endpoint("POST")
+def volume_prune(request):
+    require_perm(request, "containers.delete_volume")
+    return json_response(services.volume_prune(query_filters(request), request=request))

@@ -71,7 +71,7 @@ def sync_container(record) -> Container:
         image_ref=record.image_ref or record.image_id, config=_config_dict(record.config), state=state,
         pid=record.pid or 0, exit_code=record.exit_code, error=record.error or "",
         oom_killed=bool(record.oom_killed), created=_time(record.created) or timezone.now(),
-        stopped_by_user=record.manually_stopped,
+        stopped_by_user=record.manually_stopped, restart_count=record.restart_count,
         started_at=_time(record.started_at), finished_at=_time(record.finished_at),
     )
     container, created = Container.objects.get_or_create(container_id=record.id, defaults=fields)
@@ -140,19 +140,47 @@ def restart_on_worker_start(container: Container) -> bool:
     return False
 
 
+def exited_already(container: Container) -> None:
+    """A container that ended before its start was even recorded never looks active to the
+    watcher: handle its exit here (restart policy, --rm)."""
+    if container.state == ContainerStateChoices.EXITED and not container.stopped_by_user:
+        handle_exit(container.container_id)
+
+
+RESTART_BACKOFF_FIRST = 0.1
+RESTART_BACKOFF_MAX = 60.0
+
+
+def restart_delay(restart_count: int) -> float:
+    """Docker's back-off between policy restarts: 100 ms, doubling, at most a minute."""
+    return min(RESTART_BACKOFF_FIRST * (2 ** restart_count), RESTART_BACKOFF_MAX)
+
+
 def handle_exit(container_id: str) -> None:
-    """Called by the watcher when a container's exit is seen: record it, then restart or auto-remove."""
+    """Called when a container's exit is seen: record it, then schedule a restart or auto-remove."""
+    from . import tasks
+
     engine = engine_containers()
-    record = engine.sync(container_id)
-    container = sync_container(record)
+    container = sync_container(engine.sync(container_id))
     if container.state != ContainerStateChoices.EXITED:
         return
     if should_restart(container):
-        Container.objects.filter(pk=container.pk).update(restart_count=container.restart_count + 1)
-        sync_container(engine.start(container_id))
+        tasks.restart_by_policy.apply_async((container_id,), countdown=restart_delay(container.restart_count),
+                                            queue=nodes.node_queue())
     elif container.config.get("auto_remove"):
         engine.remove(container_id, force=True)
         forget_container(container_id)
+
+
+def do_restart_by_policy(container_id: str) -> None:
+    """The restart policy's restart: count it, start again, and handle an immediate exit."""
+    engine = engine_containers()
+    container = Container.objects.filter(container_id=container_id).first()
+    if container is None or container.stopped_by_user:
+        return
+    record = engine.restart_by_policy(container_id)
+    Container.objects.filter(pk=container.pk).update(restart_count=record.restart_count)
+    exited_already(sync_container(engine.get(container_id)))
 
 
 #
@@ -169,6 +197,7 @@ def do_create(config: dict, user_id: int | None = None, start: bool = False) -> 
             record = engine.start(record.id)
         finally:
             container = sync_container(engine.get(record.id))
+        exited_already(container)
     else:
         container = sync_container(record)
     if user_id:
@@ -195,7 +224,9 @@ def do_action(container_id: str, action: str, **kwargs):
         forget_container(container_id)
         return None
     getattr(engine, action)(container_id, **kwargs)
-    sync_container(engine.get(container_id))
+    container = sync_container(engine.get(container_id))
+    if action in ("start", "restart", "unpause"):
+        exited_already(container)
     return None
 
 
@@ -368,4 +399,64 @@ def prune(*, request=None) -> dict:
 
     answer = nodes.call(tasks.prune)
     audit.record(request, "container.prune", None, deleted=len(answer["ContainersDeleted"]))
+    return answer
+
+
+#
+# Volumes (docker volume create / ls / inspect / rm / prune)
+#
+
+def volume_store():
+    return engine_containers().volumes
+
+
+def _sync_volume(doc: dict) -> None:
+    from .models import Volume
+
+    Volume.objects.update_or_create(node=settings.NODE_NAME, name=doc["Name"],
+                                    defaults={"driver": doc.get("Driver", "local"), "mountpoint": doc["Mountpoint"],
+                                              "labels": doc.get("Labels") or {}})
+
+
+def do_volume_create(name: str | None, labels: dict | None) -> dict:
+    doc = volume_store().create(name or None, labels or {})
+    _sync_volume(doc)
+    return doc
+
+
+def do_volume_remove(name: str, force: bool) -> None:
+    from .models import Volume
+
+    volume_store().remove(name, force=force, in_use=engine_containers().volume_users)
+    Volume.objects.filter(node=settings.NODE_NAME, name=name).delete()
+
+
+def do_volume_prune(filters: dict | None) -> dict:
+    from .models import Volume
+
+    answer = volume_store().prune(engine_containers().volume_users, filters)
+    Volume.objects.filter(node=settings.NODE_NAME, name__in=answer.get("VolumesDeleted") or []).delete()
+    return answer
+
+
+def volume_create(name: str | None = None, labels: dict | None = None, *, request=None) -> dict:
+    from . import tasks
+
+    doc = nodes.call(tasks.volume_create, name, labels)
+    audit.record(request, "volume.create", None, name=doc["Name"])
+    return doc
+
+
+def volume_remove(name: str, *, force: bool = False, request=None) -> None:
+    from . import tasks
+
+    nodes.call(tasks.volume_remove, name, force)
+    audit.record(request, "volume.remove", None, name=name)
+
+
+def volume_prune(filters: dict | None = None, *, request=None) -> dict:
+    from . import tasks
+
+    answer = nodes.call(tasks.volume_prune, filters)
+    audit.record(request, "volume.prune", None, deleted=len(answer.get("VolumesDeleted") or []))
     return answer

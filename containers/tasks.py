@@ -40,3 +40,23 @@ def commit(container_id: str, reference: str, changes: list, message: str, autho
 @shared_task
 def prune() -> dict:
     return nodes.wrap_result(services.do_prune)
+
+
+@shared_task
+def volume_create(name: str | None, labels: dict | None) -> dict:
+    return nodes.wrap_result(services.do_volume_create, name, labels)
+
+
+@shared_task
+def volume_remove(name: str, force: bool) -> dict:
+    return nodes.wrap_result(services.do_volume_remove, name, force)
+
+
+@shared_task
+def volume_prune(filters: dict | None) -> dict:
+    return nodes.wrap_result(services.do_volume_prune, filters)
+
+
+@shared_task
+def restart_by_policy(container_id: str) -> dict:
+    return nodes.wrap_result(services.do_restart_by_policy, container_id)

@@ -53,4 +53,9 @@ urlpatterns = [
     path("exec/<str:exec_id>/start", containers_api.exec_start, name="exec_start"),
     path("exec/<str:exec_id>/json", containers_api.exec_inspect, name="exec_inspect"),
     path("commit", containers_api.commit, name="commit"),
+    # Volumes.
+    path("volumes", containers_api.volume_list, name="volume_list"),
+    path("volumes/create", containers_api.volume_create, name="volume_create"),
+    path("volumes/prune", containers_api.volume_prune, name="volume_prune"),
+    path("volumes/<str:name>", containers_api.volume_detail, name="volume_detail"),
 ]

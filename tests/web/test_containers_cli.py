@@ -122,3 +122,40 @@ def test_exec_detached_and_diff_cp_commit_export(docker, name, tmp_path):
         names = tar.getnames()
     assert "bin/busybox" in names and "tmp/exec.txt" in names and "etc/group" not in names
     docker("rm", "-f", name)
+
+
+def test_volumes_binds_and_run_options(docker, name, tmp_path):
+    host_dir = tmp_path / "shared"
+    host_dir.mkdir()
+    (host_dir / "from-host.txt").write_text("host file\n")
+    volume = name + "-vol"
+    docker("volume", "create", volume)
+    assert volume in docker("volume", "ls", "--format", "{{.Name}}").stdout
+    docker("run", "-d", "--name", name, "-v", f"{host_dir}:/host:ro", "-v", f"{volume}:/data", "-w", "/data",
+           "-u", "nobody", "--read-only", "--memory", "64m", "--pids-limit", "20", "--cap-drop", "ALL",
+           "busybox", "sh", "-c",
+           "cat /host/from-host.txt; pwd; id -un; touch /data/x 2>&1; touch /rootfile 2>&1; "
+           "cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/pids/pids.max 2>/dev/null; "
+           "touch /host/nope 2>&1; sleep 300")
+    assert wait_until(lambda: "nope" in docker("logs", name).stdout + docker("logs", name).stderr)
+    logs = docker("logs", name).stdout + docker("logs", name).stderr
+    assert "host file" in logs and "/data" in logs and "nobody" in logs
+    assert "Read-only file system" in logs
+    inspect = json.loads(docker("inspect", name).stdout)[0]
+    assert inspect["HostConfig"]["Memory"] == 64 << 20 and inspect["HostConfig"]["PidsLimit"] == 20
+    refused = docker("volume", "rm", volume, check=False)
+    assert refused.returncode != 0 and "in use" in refused.stderr
+    docker("rm", "-f", name)
+    docker("volume", "rm", volume)
+    assert volume not in docker("volume", "ls", "--format", "{{.Name}}").stdout
+
+
+def test_restart_on_failure_and_rm(docker, name):
+    docker("run", "-d", "--name", name, "--restart", "on-failure:2", "busybox", "sh", "-c", "exit 7")
+    assert wait_until(lambda: json.loads(docker("inspect", name).stdout)[0]["RestartCount"] >= 2
+                      and state(docker, name)["Status"] == "exited", timeout=30)
+    assert state(docker, name)["ExitCode"] == 7
+    docker("rm", name)
+    gone = name + "-rm"
+    docker("run", "-d", "--rm", "--name", gone, "busybox", "sh", "-c", "sleep 0.3")
+    assert wait_until(lambda: gone not in docker("ps", "-a", "--format", "{{.Names}}").stdout, timeout=20)
