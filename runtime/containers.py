@@ -737,19 +737,35 @@ class ContainerStore:
         with self._locked(record.id) as record:
             self._sync(record)
             check_state("start", record.state, record.id)
-            if record.state is not S.CREATED:
-                self._init(record)
-            # Taken before ``runc start``: the process may be done before runc returns.
-            started_ns = time.time_ns()
-            try:
-                self.runc.start(record.id)
-            except CommandError as exc:
-                self._fail_start(record, S.CONFIGURED if record.started_at == ZERO_TIME else S.EXITED, exc)
-            record.state = S.RUNNING
-            record.started_at = format_time_ns(started_ns)
-            record.manually_stopped = False
-            self._write(record)
-            return record
+            return self._start(record)
+
+    def restart_by_policy(self, id_or_name: str) -> ContainerRecord:
+        """A restart policy's restart: EXITED -> RUNNING, counted in RestartCount (Docker counts
+        only these). The caller decides when (policy, back-off); a container that is no longer
+        EXITED, or was stopped by a user since, is left as it is."""
+        record = self._lookup(id_or_name)
+        with self._locked(record.id) as record:
+            self._sync(record)
+            if record.state is not S.EXITED or record.manually_stopped:
+                return record
+            record.restart_count += 1
+            return self._start(record)
+
+    def _start(self, record: ContainerRecord) -> ContainerRecord:
+        """Steps 2 and 3 of ``start``, with the lock held."""
+        if record.state is not S.CREATED:
+            self._init(record)
+        # Taken before ``runc start``: the process may be done before runc returns.
+        started_ns = time.time_ns()
+        try:
+            self.runc.start(record.id)
+        except CommandError as exc:
+            self._fail_start(record, S.CONFIGURED if record.started_at == ZERO_TIME else S.EXITED, exc)
+        record.state = S.RUNNING
+        record.started_at = format_time_ns(started_ns)
+        record.manually_stopped = False
+        self._write(record)
+        return record
 
     def _init(self, record: ContainerRecord) -> None:
         """Make the container exist in runc (state CREATED). On failure clean up and raise."""

@@ -244,6 +244,19 @@ def test_restart_gives_a_new_process(store, ctr):
     assert record.state is S.RUNNING and record.pid != first_pid and record.started_at != first_start
     wait_for(lambda: output(store, record.id) == b"run\nrun\n")
     assert record.restart_count == 0  # Only a restart policy counts (Docker's RestartCount).
+    # The policy's restart (the worker decides when) counts, and leaves alone what a user stopped.
+    assert store.restart_by_policy(record.id).state is S.RUNNING  # Not exited: left as it is.
+    store.kill(record.id)
+    assert store.restart_by_policy(record.id).state is S.EXITED  # Stopped by a user.
+    path = os.path.join(store.root, record.id, "config.json")
+    with open(path) as f:
+        doc = json.load(f)
+    doc["manually_stopped"] = False  # As if the process had exited on its own.
+    with open(path, "w") as f:
+        json.dump(doc, f)
+    record = store.restart_by_policy(record.id)
+    assert record.state is S.RUNNING and record.restart_count == 1
+    assert store.inspect(record.id)["RestartCount"] == 1
 
 
 def test_an_exited_container_starts_again_and_appends_to_its_log(store, ctr):
