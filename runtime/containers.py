@@ -616,8 +616,14 @@ class ContainerStore:
         - another boot's container: EXITED, with its exit file's code if conmon wrote one, else 255;
         - an exit file: EXITED with its code (and OOMKilled from conmon's ``oom`` file);
         - conmon gone without an exit file and the process gone too: EXITED with 255;
-        - conmon gone but the process alive (conmon was SIGKILLed): still running, unmonitored.
+        - conmon gone but the process alive (conmon was SIGKILLed): still running, unmonitored;
+        - REMOVING seen with the lock held: the process removing it died half-way, DEAD.
         """
+        if record.state is S.REMOVING:
+            record.state = S.DEAD
+            record.error = record.error or "removal was interrupted"
+            self._write(record)
+            return record
         if not self._stale(record):
             return record
         if record.boot_id and record.boot_id != self._boot_id:
@@ -1111,8 +1117,6 @@ class ContainerStore:
         record = self._lookup(id_or_name)
         with self._locked(record.id) as record:
             self._sync(record)
-            if record.state is S.DEAD and not force:
-                raise InvalidState(f"container {record.id} is marked dead: remove it with force")
             if record.state in ACTIVE_STATES or record.state is S.CREATED:
                 if not force:
                     check_state("remove", record.state, record.id)

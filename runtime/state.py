@@ -9,7 +9,7 @@ Transitions (the verb in brackets)::
     CONFIGURED --[init]--> CREATED --[start]--> RUNNING --[pause]--> PAUSED --[unpause]--> RUNNING
     RUNNING/PAUSED --[stop]--> STOPPING --> EXITED          RUNNING --(the process ends)--> EXITED
     EXITED --[start]--> RUNNING                             any --[remove]--> REMOVING --> (gone)
-    a failed remove leaves DEAD (Docker's "dead"): only remove(force=True) accepts it.
+    a remove that failed or was interrupted leaves DEAD (Docker's "dead"): remove() retries it.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ class ContainerState(str, Enum):
     EXITED = "exited"
     # remove() is in progress.
     REMOVING = "removing"
-    # A remove failed half-way; only a forced remove accepts it.
+    # A remove failed or was interrupted half-way; remove() may be tried again.
     DEAD = "dead"
 
     def docker_status(self) -> str:

@@ -8,7 +8,9 @@ cgroup, no conmon.
 import io
 import json
 import os
+import shutil
 import signal
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -30,9 +32,8 @@ S = ContainerState
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory):
-    import tempfile
-
+def engine():
+    # Under /tmp with a short name: conmon's attach socket path must fit in 107 bytes.
     base = tempfile.mkdtemp(prefix="bt-", dir="/tmp")
     config = RuntimeConfig(root=os.path.join(base, "root"), run_root=os.path.join(base, "run"))
     engine = Engine(config)
@@ -43,6 +44,7 @@ def engine(tmp_path_factory):
     yield engine
     for record in engine.containers.list(all=True):
         engine.containers.remove(record.id, force=True)
+    shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture
@@ -536,6 +538,21 @@ def test_a_container_of_a_previous_boot_is_exited_with_255(store, ctr):
     assert synced.state is S.EXITED and synced.exit_code == LOST_EXIT_CODE and "rebooted" in synced.error
     assert store.runc.state(record.id) is None
     assert process_start_time(record.pid) is None  # Gone (or a zombie): runc delete --force killed it.
+
+
+def test_an_interrupted_remove_leaves_a_dead_container_that_remove_finishes(store, ctr):
+    record = ctr("true", start=False)
+    path = os.path.join(store.root, record.id, "config.json")
+    with open(path) as f:
+        doc = json.load(f)
+    doc["state"] = "removing"
+    with open(path, "w") as f:
+        json.dump(doc, f)
+    assert store.summary(store.get(record.id))["Status"] == "Removal In Progress"
+    (synced,) = [r for r in store.reconcile() if r.id == record.id]
+    assert synced.state is S.DEAD and store.inspect(record.id)["State"]["Dead"]
+    store.remove(record.id)
+    assert not os.path.exists(os.path.join(store.root, record.id))
 
 
 def test_wait_times_out_and_knows_dockers_conditions(store, ctr):
