@@ -47,6 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from runtime import manifest as m  # noqa: E402
+from runtime.layers import chain_ids  # noqa: E402
 from runtime.manifest import Descriptor  # noqa: E402
 from runtime.registry import RegistryClient  # noqa: E402
 from tests.support import registry as support  # noqa: E402
@@ -55,7 +56,8 @@ DEFAULT_CACHE = ROOT / "bench" / ".cache"
 REPOSITORY = "bench/pull"
 TAG = "latest"
 # Bump when the generator below changes, so an old cached image is not reused.
-IMAGE_FORMAT = 1
+# 2: entries in directory-walk order, as real layers have them (1 went round-robin over directories).
+IMAGE_FORMAT = 2
 EPOCH = support.EPOCH
 SAMPLE_INTERVAL = 0.05
 
@@ -123,7 +125,8 @@ def _layer_files(index: int, target: int) -> list[tuple[str, str, int, int]]:
         files.append((path, kind, size, mode))
         total += size
         n += 1
-    return files
+    # In the order a directory walk (docker build, tar) writes them: each directory's entries together.
+    return sorted(files)
 
 
 class _HashingFile:
@@ -569,7 +572,8 @@ class BerthSide(Side):
     def check_cold(self) -> None:
         layers_dir = os.path.join(self.runtime_root, "layers")
         blobs_dir = os.path.join(self.runtime_root, "blobs", "sha256")
-        left = [n for n in os.listdir(layers_dir) if not n.startswith(".")] if os.path.isdir(layers_dir) else []
+        chains = {c.hex for c in chain_ids([layer["diff_id"] for layer in self.image.layers])}
+        left = [n for n in os.listdir(layers_dir) if n in chains] if os.path.isdir(layers_dir) else []
         ours = {layer["digest"].split(":", 1)[1] for layer in self.image.layers}
         blobs = [n for n in os.listdir(blobs_dir) if n in ours] if os.path.isdir(blobs_dir) else []
         if left or blobs:
