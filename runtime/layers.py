@@ -26,7 +26,8 @@ Importing a layer (what ``LayerStore.apply`` does):
 1. Detect the compression from the first bytes: gzip, zstd or plain tar.
 2. Decompress as a stream, bounded in size, hashing the uncompressed bytes (the diff_id) while
    ``archive.apply_tar`` writes them into ``layers/.tmp-<random>/diff``.
-3. Check the diff_id (and the compressed digest when given), write ``meta.json``.
+3. Check the diff_id (and the compressed digest when given, unless the caller checks it), write
+   ``meta.json``.
 4. Rename the staging directory to ``layers/<chain-id-hex>``. If another apply got there first,
    drop ours and return theirs.
 """
@@ -184,6 +185,7 @@ class LayerStore:
         expected_diff_id: str,
         digest: str | None = None,
         progress: Callable[[int], None] | None = None,
+        check_digest: bool = True,
     ) -> Layer:
         """Unpack a layer blob read from ``stream`` (gzip, zstd or plain tar) and return the layer.
 
@@ -193,6 +195,11 @@ class LayerStore:
         at the end. Raises DigestMismatch if the content does not match ``expected_diff_id`` or
         ``digest``, UnsafeArchive if it is not a valid, safe archive or decompresses to more than
         ``max_uncompressed`` bytes; in every failure nothing is left behind.
+
+        With ``check_digest=False`` the caller vouches for ``digest`` (it hashes the same bytes on
+        their way elsewhere, and makes ``stream`` fail rather than end if they do not match): the
+        compressed bytes are not hashed here, and ``digest`` is only recorded. The diff_id is
+        always checked.
         """
         chain_id = Digest(chain_id)
         expected_diff_id = Digest(expected_diff_id)
@@ -209,7 +216,8 @@ class LayerStore:
         diff_dir = os.path.join(staging, "diff")
         os.makedirs(diff_dir, mode=0o700)
         try:
-            layer = self._unpack(stream, staging, chain_id, parent, expected_diff_id, digest, progress)
+            layer = self._unpack(stream, staging, chain_id, parent, expected_diff_id, digest, progress,
+                                 check_digest)
             try:
                 os.rename(staging, self._dir(chain_id))
             except OSError as exc:
@@ -224,9 +232,12 @@ class LayerStore:
             shutil.rmtree(staging, ignore_errors=True)
             raise
 
-    def _unpack(self, stream, staging, chain_id, parent, expected_diff_id, digest, progress) -> Layer:
+    def _unpack(self, stream, staging, chain_id, parent, expected_diff_id, digest, progress,
+                check_digest=True) -> Layer:
         """Steps 1 to 3 of ``apply``: unpack into ``staging/diff``, verify, write meta.json."""
-        compressed = HashingReader(_ProgressReader(stream, progress), name=f"layer {chain_id}")
+        counted = _ProgressReader(stream, progress)
+        hashed = HashingReader(counted, name=f"layer {chain_id}") if check_digest and digest else None
+        compressed = hashed or counted
         head = _read_exactly(compressed, 6)
         source = _PrefixedReader(head, compressed)
         try:
@@ -244,15 +255,16 @@ class LayerStore:
             stats = apply_tar(uncompressed, os.path.join(staging, "diff"))
             # The diff_id covers the whole tar, padding after the end-of-archive marker included.
             uncompressed.drain()
-            compressed.drain()
+            while compressed.read(_CHUNK):
+                pass
         except (EOFError, zlib.error, gzip.BadGzipFile, zstandard.ZstdError) as exc:
             raise UnsafeArchive(f"layer {chain_id}: invalid compressed data: {exc}") from None
         if progress is not None:
-            progress(compressed.size)
+            progress(counted.count)
 
-        if digest is not None and compressed.digest() != digest:
+        if digest is not None and hashed is not None and hashed.digest() != digest:
             raise DigestMismatch(
-                f"layer {chain_id}: unexpected digest {compressed.digest()}, expected {digest}"
+                f"layer {chain_id}: unexpected digest {hashed.digest()}, expected {digest}"
             )
         diff_id = uncompressed.digest()
         if diff_id != expected_diff_id:
@@ -371,15 +383,15 @@ class _ProgressReader:
     def __init__(self, reader, progress):
         self._reader = reader
         self._progress = progress
-        self._count = 0
+        self.count = 0
         self._reported = 0
 
     def read(self, n: int = -1) -> bytes:
         data = self._reader.read(n)
-        self._count += len(data)
-        if self._progress is not None and self._count - self._reported >= _PROGRESS_EVERY:
-            self._reported = self._count
-            self._progress(self._count)
+        self.count += len(data)
+        if self._progress is not None and self.count - self._reported >= _PROGRESS_EVERY:
+            self._reported = self.count
+            self._progress(self.count)
         return data
 
 

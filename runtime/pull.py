@@ -94,6 +94,7 @@ class _ChunkPipe:
         self._rest = b""  # what a read smaller than its chunk left, for the next read
         self._cond = threading.Condition()
         self.closed = False  # the writer's end
+        self._error: BaseException | None = None
         self._reader_closed = False
 
     def write(self, data) -> int:
@@ -123,6 +124,8 @@ class _ChunkPipe:
             with self._cond:
                 while not self._chunks and not self.closed:
                     self._cond.wait()
+                if self._error is not None:
+                    raise self._error
                 if not self._chunks:
                     return b""
                 data = self._chunks.popleft()
@@ -131,6 +134,13 @@ class _ChunkPipe:
         if n is not None and 0 <= n < len(data):
             data, self._rest = data[:n], data[n:]
         return data
+
+    def abort(self, error: BaseException) -> None:
+        """Close the writer's end so that the reader fails with ``error`` instead of seeing an end."""
+        with self._cond:
+            self._error = error
+            self.closed = True
+            self._cond.notify_all()
 
     def close_reader(self) -> None:
         """Close the reader's end: pending chunks are dropped and the writer's next write fails."""
@@ -142,7 +152,13 @@ class _ChunkPipe:
 
 
 class _TeeWriter:
-    """Writes each chunk to the blob ingest and to the pipe that feeds the layer's unpacking."""
+    """Writes each chunk to the blob ingest and to the pipe that feeds the layer's unpacking.
+
+    The ingest hashes every byte; ``_download_and_apply`` checks that digest before the unpacking
+    may finish, so neither fetch_blob nor the unpacking hashes the bytes again.
+    """
+
+    verifies_digest = True
 
     def __init__(self, ingest, pipe):
         self.ingest = ingest
@@ -386,13 +402,14 @@ class Puller:
         except AlreadyExists:
             return
         pipe = _ChunkPipe()
-        writer = pipe
         outcome: dict = {}
 
         def unpack():
             try:
+                # The compressed digest is checked here, from the ingest's hash, before the pipe ends.
                 outcome["layer"] = self.layers.apply(pipe, chain_id=chain_id, parent=parent,
-                                                     expected_diff_id=diff_id, digest=descriptor.digest)
+                                                     expected_diff_id=diff_id, digest=descriptor.digest,
+                                                     check_digest=False)
             except BaseException as exc:
                 outcome["error"] = exc
             finally:
@@ -414,13 +431,17 @@ class Puller:
                     with open(ingest.data_path, "rb") as partial:
                         remaining = ingest.offset
                         while remaining and (chunk := partial.read(min(1 << 20, remaining))):
-                            writer.write(chunk)
+                            pipe.write(chunk)
                             remaining -= len(chunk)
                 try:
-                    client.fetch_blob(ref.repository, descriptor, _TeeWriter(ingest, writer), on_progress)
+                    client.fetch_blob(ref.repository, descriptor, _TeeWriter(ingest, pipe), on_progress)
                 except BrokenPipeError:
-                    pass  # the unpacker stopped: its error is the one to report
-                writer.close()
+                    pass  # the unpacker stopped: its error is the one to report, unless the bytes were wrong
+                if ingest.offset == descriptor.size and ingest.digest() != descriptor.digest:
+                    # Said as fetch_blob says it; the unpacking fails rather than see the end.
+                    raise DigestMismatch(f"blob {ref.repository}@{descriptor.digest}: downloaded content "
+                                         f"has digest {ingest.digest()}")
+                pipe.close()
                 thread.join()
                 if "error" in outcome:
                     raise outcome["error"]
@@ -431,6 +452,6 @@ class Puller:
                 except AlreadyExists:
                     pass
         finally:
-            if not writer.closed:
-                writer.close()
+            if not pipe.closed:
+                pipe.abort(Cancelled(f"download of {descriptor.digest} stopped"))
             thread.join()

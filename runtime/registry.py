@@ -55,7 +55,11 @@ class RegistryNotFound(RegistryError, NotFound):
 
 
 class BlobWriter(Protocol):
-    """Where fetch_blob puts bytes: `offset` is how many bytes it already holds (resume point)."""
+    """Where fetch_blob puts bytes: `offset` is how many bytes it already holds (resume point).
+
+    A writer with a true `verifies_digest` attribute checks the blob's digest itself (a store ingest
+    opened with the expected digest does, at commit): fetch_blob then does not hash the bytes again.
+    """
 
     offset: int
 
@@ -283,14 +287,16 @@ class RegistryClient:
         3. On a broken connection or timeout, resume from `writer.offset`, up to FETCH_RETRIES times.
         4. When the whole blob passed through here (offset 0, or a server that ignored Range), check
            its digest and raise DigestMismatch. When resuming from an offset, the writer holds the
-           first bytes and checks the digest itself when it commits.
+           first bytes and checks the digest itself when it commits. A writer that says it
+           `verifies_digest` is left to check it from offset 0 too.
         """
         repo = self._repo_path(repository)
         digest = parse_digest(descriptor.digest, "descriptor digest")
         size = descriptor.size
         what = f"blob {repo}@{digest}"
         # {"hasher": ...}: a dict so that a hasher started by an interrupted attempt survives it.
-        check = {"hasher": hashlib.sha256() if writer.offset == 0 else None}
+        hash_here = writer.offset == 0 and not getattr(writer, "verifies_digest", False)
+        check = {"hasher": hashlib.sha256() if hash_here else None}
         failures = 0
         while True:
             offset = writer.offset
