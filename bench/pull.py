@@ -453,7 +453,8 @@ class Side:
     def check_cold(self) -> None:
         raise NotImplementedError
 
-    def pull_once(self, image: BenchImage, profile: str | None = None) -> tuple[float, int, int]:
+    def pull_once(self, image: BenchImage, profile: str | None = None,
+                  counted: bool = True) -> tuple[float, int, int]:
         """One cold pull: (seconds from command start to exit, peak tree RSS KiB, idle RSS KiB before).
 
         With ``profile`` (a file name), py-spy records the daemon's process tree during the pull
@@ -486,10 +487,11 @@ class Side:
         image_id = self.docker("image", "inspect", "--format", "{{.Id}}", self.reference).stdout.strip()
         if image_id != image.config_digest:
             raise RuntimeError(f"{self.name}: pulled image id {image_id}, expected {image.config_digest}")
-        self.times.append(elapsed)
-        self.peaks_kb.append(sampler.peak_kb)
-        self.idle_kb.append(idle)
-        self.cpu.append(cpu)
+        if counted:
+            self.times.append(elapsed)
+            self.peaks_kb.append(sampler.peak_kb)
+            self.idle_kb.append(idle)
+            self.cpu.append(cpu)
         return elapsed, sampler.peak_kb, idle
 
 
@@ -593,10 +595,11 @@ def _mb(kb: float) -> str:
     return f"{kb / 1024:.0f}"
 
 
-def report(sides: list[Side], image: BenchImage, runs: int, docker_version: str) -> str:
+def report(sides: list[Side], image: BenchImage, runs: int, warmup: int, docker_version: str) -> str:
     lines = [
         f"image: {image.describe()}",
-        f"runs: {runs} cold pulls each, interleaved; dockerd {docker_version}; {os.cpu_count()} CPUs",
+        f"runs: {runs} cold pulls each, interleaved, after {warmup} uncounted; dockerd {docker_version}; "
+        f"{os.cpu_count()} CPUs",
         "",
         "| engine | median s | min s | runs (s) | CPU s | peak RSS MB | idle RSS MB | growth MB |",
         "|---|---|---|---|---|---|---|---|",
@@ -629,6 +632,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3, help="cold pulls per engine (default 3)")
     parser.add_argument("--only", choices=("berth", "docker"), help="measure one engine only")
+    parser.add_argument("--warmup", type=int, default=1,
+                        help="uncounted cold pulls per engine first (default 1): a fresh daemon's first pull "
+                             "pays one-off costs (imports, first connections) that a running one does not")
     parser.add_argument("--layer-mb", type=int, default=70, help="uncompressed MB per generated layer (default 70)")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE,
                         help="where the image and the registry's storage are kept (default bench/.cache)")
@@ -678,6 +684,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.only != "docker":
             log("starting Berth (redis, worker, daphne)...")
             sides.append(BerthSide(os.path.join(workdir, "berth"), logdir, reference, image))
+        for side in sides:
+            for _ in range(args.warmup):
+                elapsed, _, _ = side.pull_once(image, counted=False)
+                log(f"warm-up {side.name:6}: {elapsed:6.2f}s (not counted)")
         berth_side = next((side for side in sides if side.name == "berth"), None)
         if args.profile and berth_side is not None:
             berth_side.pull_once(image, profile=os.path.abspath(args.profile))
@@ -690,7 +700,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"(idle {_mb(idle)} MB)")
         for side in sides:
             side.make_cold()
-        print(report(sides, image, args.runs, docker_version))
+        print(report(sides, image, args.runs, args.warmup, docker_version))
         return 0
     finally:
         for side in reversed(sides):
