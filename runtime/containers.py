@@ -887,10 +887,8 @@ class ContainerStore:
         config = record.config
         directory = self._dir(record.id)
         if host_network:
-            hosts = _read_host_file("/etc/hosts") or oci_spec.hosts_file().encode()
-            hosts = hosts.decode("utf-8", "replace")
-            if config.extra_hosts:
-                hosts += "".join(oci_spec.hosts_file(extra_hosts=config.extra_hosts).splitlines(True)[6:])
+            base = (_read_host_file("/etc/hosts") or b"").decode("utf-8", "replace") or None
+            hosts = oci_spec.hosts_file(extra_hosts=config.extra_hosts, base=base)
         else:
             address = getattr(self.network, "address", lambda r: None)(record)
             hosts = oci_spec.hosts_file(config.hostname, ip=address, extra_hosts=config.extra_hosts,

@@ -890,10 +890,14 @@ def default_seccomp_profile(capabilities: Iterable[str], machine: str | None = N
 
 
 def hosts_file(hostname: str = "", *, ip: str | None = None, extra_hosts: Iterable[str] = (),
-               domainname: str = "") -> str:
-    """The container's /etc/hosts as Docker writes it: localhost lines, ``--add-host`` entries, then
-    the container's own address and name when it has one (``host:ip`` or ``host=ip`` entries)."""
-    lines = [f"{address}\t{names}" for address, names in HOSTS_HEAD]
+               domainname: str = "", base: str | None = None) -> str:
+    """The container's /etc/hosts as Docker writes it: localhost lines (or ``base``, the host's
+    file for a container on the host's network), ``--add-host`` entries (``host:ip`` or
+    ``host=ip``), then the container's own address and name when it has one."""
+    if base is not None:
+        lines = base.splitlines()
+    else:
+        lines = [f"{address}\t{names}" for address, names in HOSTS_HEAD]
     for entry in extra_hosts:
         # ``host:ip`` (the IP may be IPv6, so split at the first colon) or ``host=ip``.
         name, sep, address = entry.partition("=") if "=" in entry else entry.partition(":")

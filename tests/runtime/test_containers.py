@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -472,6 +473,21 @@ def test_etc_files_and_mounts(store, ctr, tmp_path):
     assert "nameserver 9.9.9.9" in lines and "from host" in lines
     assert code == 1  # /ro is read-only
     assert (host_dir / "out").read_text() == "out\n"
+
+
+def test_network_modes_none_host_and_another_containers(store, ctr):
+    script = "hostname; ip -o link | wc -l; readlink /proc/self/ns/net"
+    _, out, _ = run(store, ctr, "sh", "-c", script, network_mode="none")
+    hostname, links, _ = out.decode().split()
+    assert len(hostname) == 12 and links == "1"  # lo only, up.
+    _, out, _ = run(store, ctr, "sh", "-c", script, network_mode="host")
+    hostname, links, netns = out.decode().split()
+    assert hostname == socket.gethostname() and netns == os.readlink("/proc/self/ns/net")
+    first = ctr("sleep", "1000", name="netns-owner")
+    _, out, _ = run(store, ctr, "sh", "-c", script, network_mode="container:netns-owner")
+    assert out.decode().split()[2] == os.readlink(f"/proc/{first.pid}/ns/net")
+    with pytest.raises(NotFound, match="network nope not found"):
+        ctr("true", start=False, network_mode="nope")
 
 
 def test_volumes_are_filled_from_the_image_and_removed_with_rm_v(store, ctr):

@@ -241,6 +241,8 @@ def test_hosts_and_resolv_conf_are_written_as_docker_does():
     assert "10.0.0.9\tdb\n" in hosts and "::1\tv6\n" in hosts and hosts.endswith("10.0.0.2\tbox\n")
     with pytest.raises(InvalidArgument):
         s.hosts_file(extra_hosts=["nocolon"])
+    assert s.hosts_file("box", extra_hosts=["db=10.0.0.9"], base="127.0.0.1 host-local\n") == (
+        "127.0.0.1 host-local\n10.0.0.9\tdb\n")
     host = b"# generated\nnameserver 127.0.0.53\nnameserver 192.168.1.1\nsearch lan\noptions edns0\n"
     assert s.resolv_conf(host) == "nameserver 192.168.1.1\nsearch lan\noptions edns0\n"
     assert s.resolv_conf(b"nameserver 127.0.0.1\n") == "nameserver 8.8.8.8\nnameserver 8.8.4.4\n"
