@@ -435,6 +435,12 @@ def test_memory_and_pids_limits_land_in_the_cgroup(store, ctr):
         ctr("true", start=False, memory=1024)
 
 
+def test_an_oom_kill_is_recorded(store, ctr):
+    code, _, _ = run(store, ctr, "dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1", memory=16 << 20)
+    record = store.list(all=True)[0]
+    assert code == 137 and record.oom_killed and store.inspect(record.id)["State"]["OOMKilled"]
+
+
 def test_cap_drop_all_makes_chown_fail(store, ctr):
     assert run(store, ctr, "chown", "1", "/tmp")[0] == 0
     code, _, err = run(store, ctr, "chown", "1", "/tmp", cap_drop=["ALL"])
