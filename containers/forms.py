@@ -70,3 +70,22 @@ class RenameForm(forms.Form):
             return runoptions.check_name(self.cleaned_data["name"])
         except InvalidArgument as e:
             raise forms.ValidationError(str(e)) from None
+
+
+class ExecForm(forms.Form):
+    """``docker exec`` of one command without a TTY (the terminal has the interactive kind)."""
+
+    command = forms.CharField(max_length=4096)
+    user = forms.CharField(max_length=255, required=False)
+    workdir = forms.CharField(max_length=1024, required=False, label="Working dir")
+
+    def clean_command(self):
+        import shlex
+
+        try:
+            words = shlex.split(self.cleaned_data["command"])
+        except ValueError as e:
+            raise forms.ValidationError(f"cannot split the command: {e}") from None
+        if not words:
+            raise forms.ValidationError("the command is empty")
+        return words

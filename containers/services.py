@@ -358,6 +358,31 @@ def exec_inspect(exec_id: str) -> dict:
     }
 
 
+def do_exec_run(container_id: str, cmd: list[str], user: str, workdir: str, env: list[str],
+                user_id: int | None) -> dict:
+    container = Container.objects.get(container_id=container_id)
+    session = ExecSession.objects.create(exec_id=secrets.token_hex(32), container=container, cmd=cmd,
+                                         spec={"Cmd": cmd, "User": user, "WorkingDir": workdir, "Env": env},
+                                         started=True, user_id=user_id)
+    code, out, err = engine_containers().exec(container_id, cmd, env=env, user=user, workdir=workdir, timeout=EXEC_TIMEOUT)
+    ExecSession.objects.filter(pk=session.pk).update(exit_code=code, finished_at=timezone.now())
+    return {"exit_code": code, "stdout": out.decode("utf-8", "replace"), "stderr": err.decode("utf-8", "replace")}
+
+
+EXEC_TIMEOUT = 120
+
+
+def exec_run(container: Container, cmd: list[str], *, user: str = "", workdir: str = "", env=(), request=None) -> dict:
+    """``docker exec CTR cmd`` without a TTY: wait for it; its output and exit code."""
+    from . import tasks
+
+    requester = request.user.pk if request is not None and request.user.is_authenticated else None
+    answer = nodes.call(tasks.exec_run, container.container_id, cmd, user, workdir, list(env), requester,
+                        timeout=EXEC_TIMEOUT + 30)
+    audit.record(request, "container.exec", container, cmd=cmd, exit_code=answer["exit_code"])
+    return answer
+
+
 def do_commit(container_id: str, reference: str, changes: list[str], message: str, author: str, pause: bool) -> str:
     from images.services import sync_image
 

@@ -60,3 +60,8 @@ def volume_prune(filters: dict | None) -> dict:
 @shared_task
 def restart_by_policy(container_id: str) -> dict:
     return nodes.wrap_result(services.do_restart_by_policy, container_id)
+
+
+@shared_task
+def exec_run(container_id: str, cmd: list, user: str, workdir: str, env: list, user_id: int | None) -> dict:
+    return nodes.wrap_result(services.do_exec_run, container_id, cmd, user, workdir, env, user_id)

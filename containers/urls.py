@@ -13,5 +13,6 @@ urlpatterns = [
     path("<str:name>/commit/", views.container_commit, name="container_commit"),
     path("<str:name>/download/", views.container_download, name="container_download"),
     path("<str:name>/upload/", views.container_upload, name="container_upload"),
+    path("<str:name>/exec/", views.container_exec, name="container_exec"),
     path("<str:name>/<str:action>/", views.container_action, name="container_action"),
 ]

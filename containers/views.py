@@ -13,7 +13,7 @@ from runtime import containerfs
 from runtime.errors import EngineError, NotFound
 
 from . import services
-from .forms import CommitForm, RenameForm, RunForm
+from .forms import CommitForm, ExecForm, RenameForm, RunForm
 from .models import Container
 
 ACTIONS = ("start", "stop", "restart", "kill", "pause", "unpause")
@@ -56,7 +56,8 @@ def container_detail(request, name: str):
     container = _get(name)
     engine = services.engine_containers()
     tab = request.GET.get("tab", "overview")
-    context = {"container": container, "tab": tab, "commit_form": CommitForm(), "rename_form": RenameForm()}
+    context = {"container": container, "tab": tab, "commit_form": CommitForm(), "rename_form": RenameForm(),
+               "exec_form": ExecForm()}
     try:
         inspect = engine.inspect(container.container_id)
     except NotFound:
@@ -181,3 +182,24 @@ def container_upload(request, name: str):
         except EngineError as e:
             messages.error(request, f"Cannot upload: {e}")
     return redirect(f"{container.get_absolute_url()}?tab=files&path={path}")
+
+
+@require_POST
+def container_exec(request, name: str):
+    """Run one command in the container and show its output and exit code."""
+    container = _get(name)
+    if not request.user.has_perm("containers.exec_container"):
+        messages.error(request, "You may not exec into containers.")
+        return redirect("containers:container_detail", container.name)
+    form = ExecForm(request.POST)
+    result = None
+    if form.is_valid():
+        try:
+            result = services.exec_run(container, form.cleaned_data["command"], user=form.cleaned_data["user"],
+                                       workdir=form.cleaned_data["workdir"], request=request)
+        except EngineError as e:
+            form.add_error(None, str(e))
+    inspect = services.engine_containers().inspect(container.container_id)
+    return render(request, "containers/container_detail.html", {
+        "container": container, "tab": "exec", "exec_form": form, "exec_result": result, "inspect": inspect,
+    })

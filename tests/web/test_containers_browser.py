@@ -31,6 +31,13 @@ def test_run_a_container_from_the_form_and_follow_it(logged_in_page, tmp_path):
     expect(page.locator("#processes")).to_contain_text("sleep")
     page.click(".tabs >> text=Stats")
     expect(page.locator("#mem-value")).to_contain_text("MiB", timeout=15000)
+    # Exec a command: its output and exit code.
+    page.click(".tabs >> text=Exec")
+    page.fill("#exec-form input[name=command]", "sh -c 'echo $COLOR; ls /nonexistent; exit 4'")
+    page.click("#exec-form button")
+    expect(page.locator("#exec-output")).to_contain_text("blue")
+    expect(page.locator("#exec-output")).to_contain_text("No such file or directory")
+    expect(page.locator("#exec-exit")).to_have_text("4")
     # Stop it from the page: the state changes to Exited (0).
     page.click(".tabs >> text=Overview")
     page.get_by_role("button", name="Stop").click()
