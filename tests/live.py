@@ -81,6 +81,9 @@ class Process:
 def start(name: str, argv: list[str], logdir: Path, env: dict | None = None) -> Process:
     log = logdir / f"{name}.log"
     f = open(log, "ab")
+    if log.stat().st_size:
+        f.write(b"\n--- restarted ---\n")
+        f.flush()
     popen = subprocess.Popen(argv, cwd=ROOT, env=env or os.environ.copy(), stdout=f, stderr=subprocess.STDOUT,
                              start_new_session=True)
     return Process(name, popen, log)
@@ -108,6 +111,7 @@ class LiveServer:
     port: int
     token: str
     processes: list[Process] = field(default_factory=list)
+    env: dict = field(default_factory=dict)
     username: str = ADMIN_USER
     password: str = ADMIN_PASSWORD
 
@@ -143,6 +147,20 @@ class LiveServer:
     def logs(self) -> str:
         return "\n".join(f"--- {p.name} ---\n{p.tail()}" for p in self.processes)
 
+    def restart_worker(self, kill: bool = True) -> None:
+        """Kill the worker (SIGKILL: a crash) or stop it, then start a new one, as `make run` would."""
+        old = next(p for p in self.processes if p.name == "worker")
+        if kill:
+            os.killpg(old.popen.pid, signal.SIGKILL)
+            old.popen.wait()
+        else:
+            old.stop()
+        self.processes.remove(old)
+        new = start("worker", old.popen.args, old.log.parent, self.env)
+        self.processes.insert(0, new)
+        wait_for(lambda: "ready." in new.log.read_text(errors="replace").split("--- restarted ---")[-1], 60,
+                 "the new worker", new.popen)
+
 
 def start_live_server(logdir: Path) -> LiveServer:
     """Migrate, create the admin and a token, then start a Celery worker and Daphne.
@@ -162,6 +180,6 @@ def start_live_server(logdir: Path) -> LiveServer:
     port = free_port()
     daphne = start("daphne", [str(VENV_BIN / "daphne"), "-b", "127.0.0.1", "-p", str(port),
                               "project.asgi:application"], logdir, env)
-    server = LiveServer(url=f"http://127.0.0.1:{port}", port=port, token=token, processes=[worker, daphne])
+    server = LiveServer(url=f"http://127.0.0.1:{port}", port=port, token=token, processes=[worker, daphne], env=env)
     wait_for(lambda: server.request("GET", "/_ping", token=False)[0] == 401, 30, "daphne", daphne.popen)
     return server
