@@ -406,14 +406,16 @@ class ContainerStore:
     # Lookup
     #
 
-    def get(self, id_or_name: str) -> ContainerRecord:
-        """The container named by full id, name (``x`` or ``/x``) or unique id prefix, synced.
+    def get(self, id_or_name: str, *, sync: bool = True) -> ContainerRecord:
+        """The container named by full id, name (``x`` or ``/x``) or unique id prefix.
 
         Docker's order: a full id, then a name, then a prefix. NotFound: ``No such container: x``;
-        a prefix matching several: InvalidArgument.
+        a prefix matching several: InvalidArgument. The record is synced first (an exit nobody
+        recorded yet is recorded now), unless ``sync`` is False: then it is the record as it is
+        on disk, for a caller that wants to see the exit itself (``has_exited``, then ``sync``).
         """
         record = self._lookup(id_or_name)
-        return self._synced(record)
+        return self._synced(record) if sync else record
 
     def _lookup(self, id_or_name: str) -> ContainerRecord:
         if not isinstance(id_or_name, str) or not id_or_name.strip():

@@ -527,6 +527,7 @@ def test_a_fresh_store_records_an_exit_nobody_watched(engine, store, ctr):
     wait_for(lambda: os.path.exists(exit_file) and open(exit_file).read())
     # A restarted worker: a new store on the same root.
     fresh = ContainerStore(engine.config, engine.images, engine.layers)
+    assert fresh.get(record.id, sync=False).state is S.RUNNING
     assert fresh.has_exited(record.id)
     records = {r.id: r for r in fresh.reconcile()}
     assert records[record.id].state is S.EXITED and records[record.id].exit_code == 7
