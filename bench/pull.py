@@ -240,19 +240,22 @@ def build_image(cache: Path, layer_mb: int, extra_layers: int = 4) -> BenchImage
         tmp = path / f"layer-{index}.tmp"
         digest, diff_id, size, tar_size, files = _write_layer(index, layer_mb * 1_000_000, tmp)
         tmp.rename(path / digest.split(":", 1)[1])
-        layers.append({"digest": digest, "size": size, "diff_id": diff_id, "tar_size": tar_size, "files": files})
+        layers.append({"digest": digest, "size": size, "diff_id": diff_id, "tar_size": tar_size,
+                       "files": files})
         log(f"  layer {index}: {tar_size / 1e6:.0f} MB tar, {size / 1e6:.0f} MB gzipped, {files} files")
     config = json.dumps({
         "architecture": support.host_architecture(), "os": "linux", "created": support.CREATED,
         "config": {"Env": [support.DEFAULT_PATH], "Cmd": ["sh"]},
         "rootfs": {"type": "layers", "diff_ids": [layer["diff_id"] for layer in layers]},
-        "history": [{"created": support.CREATED, "created_by": f"bench layer {i}"} for i in range(len(layers))],
+        "history": [{"created": support.CREATED, "created_by": f"bench layer {i}"}
+                    for i in range(len(layers))],
     }, sort_keys=True).encode()
     config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
     (path / config_digest.split(":", 1)[1]).write_bytes(config)
     manifest = m.Manifest(
         config=Descriptor(m.MEDIA_TYPE_DOCKER_CONFIG, config_digest, len(config)),
-        layers=tuple(Descriptor(m.MEDIA_TYPE_DOCKER_LAYER_GZIP, layer["digest"], layer["size"]) for layer in layers),
+        layers=tuple(Descriptor(m.MEDIA_TYPE_DOCKER_LAYER_GZIP, layer["digest"], layer["size"])
+                     for layer in layers),
         media_type=m.MEDIA_TYPE_DOCKER_MANIFEST,
     ).to_json()
     (path / "manifest.json").write_bytes(manifest)
@@ -378,7 +381,7 @@ def _unmount_under(path: str) -> None:
 
 
 class LoopFilesystem:
-    """A fresh ext4 (with its journal) on a loop device over a sparse file: where both engines keep their data.
+    """A fresh ext4 (with its journal) on a loop device over a sparse file, for both engines' data.
 
     Why: the root filesystem of some hosts (ours: ext4 without a journal) makes every file creation
     scan past the inodes deleted in the last minutes (ext4's ``recently_deleted``), about 1 ms per file
@@ -435,7 +438,8 @@ class Side:
     cpu: list[float] = field(default_factory=list)
 
     def docker(self, *args, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
-        result = subprocess.run(["docker", *args], env=self.env, capture_output=True, text=True, timeout=timeout)
+        result = subprocess.run(["docker", *args], env=self.env, capture_output=True, text=True,
+                                timeout=timeout)
         if check and result.returncode != 0:
             raise RuntimeError(f"{self.name}: docker {' '.join(args)} failed ({result.returncode}):\n"
                                f"{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
@@ -506,8 +510,8 @@ class DockerSide(Side):
                 "--pidfile", os.path.join(workdir, "docker.pid"), "--host", f"unix://{sock}",
                 "--insecure-registry", registry_host, "--iptables=false", "--ip-masq=false", "--bridge=none"]
         with open(self.log_path, "wb") as logf:
-            self.popen = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                          start_new_session=True)
+            self.popen = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT,
+                                          stdin=subprocess.DEVNULL, start_new_session=True)
         env = os.environ.copy()
         env.update({"DOCKER_HOST": f"unix://{sock}", "DOCKER_CONFIG": os.path.join(workdir, "cli")})
         for name in ("DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH", "DOCKER_CONTEXT"):
@@ -621,8 +625,9 @@ def report(sides: list[Side], image: BenchImage, runs: int, warmup: int, docker_
         verdict = "meets" if ratio_median <= 0.7 else "misses"
         lines += ["", f"Berth/Docker: {ratio_median:.2f} (medians), {ratio_min:.2f} (mins); "
                       f"target <= 0.70: {verdict}"]
-    lines += ["", "RSS is the sum of VmRSS over the daemon's process tree (docker: dockerd and its children, "
-                  "containerd included; berth: the Celery worker and its pool processes), sampled every 50 ms; "
+    lines += ["", "RSS is the sum of VmRSS over the daemon's process tree (docker: dockerd and its "
+                  "children, containerd included; berth: the Celery worker and its pool processes), "
+                  "sampled every 50 ms; "
                   "growth = peak during a pull minus idle just before it. CPU s: median user+system time "
                   "of that tree during a pull (the registry's own is not counted)."]
     return "\n".join(lines)
@@ -635,7 +640,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=1,
                         help="uncounted cold pulls per engine first (default 1): a fresh daemon's first pull "
                              "pays one-off costs (imports, first connections) that a running one does not")
-    parser.add_argument("--layer-mb", type=int, default=70, help="uncompressed MB per generated layer (default 70)")
+    parser.add_argument("--layer-mb", type=int, default=70,
+                        help="uncompressed MB per generated layer (default 70)")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE,
                         help="where the image and the registry's storage are kept (default bench/.cache)")
     parser.add_argument("--fs", choices=("loop", "tmp"), default="loop",
@@ -643,8 +649,8 @@ def main(argv: list[str] | None = None) -> int:
                              "(default) or the temp dir's own filesystem")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs) at the end")
     parser.add_argument("--profile", metavar="FILE",
-                        help="first run an extra, uncounted Berth pull under py-spy (pip install py-spy in the "
-                             "venv) and write its raw stacks to FILE")
+                        help="first run an extra, uncounted Berth pull under py-spy (pip install py-spy in "
+                             "the venv) and write its raw stacks to FILE")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         parser.error("run as root (dockerd and Berth's worker need it)")
