@@ -307,6 +307,9 @@ class RegistryClient:
             try:
                 self._fetch_once(repo, digest, size, writer, check, progress, what)
                 break
+            except _WriterFailed as failed:
+                # The writer's own error (a full disk, a reader gone): not the network's, not retried.
+                raise failed.error from None
             except (OSError, http.client.HTTPException, _Interrupted) as exc:
                 failures += 1
                 if failures > FETCH_RETRIES:
@@ -367,7 +370,10 @@ class RegistryClient:
                     chunk = chunk[dropped:]
                     if not chunk:
                         continue
-                writer.write(chunk)
+                try:
+                    writer.write(chunk)
+                except BaseException as exc:
+                    raise _WriterFailed(exc) from exc
                 if progress is not None:
                     progress(writer.offset, size)
             # Never read beyond the declared size: a longer body is simply not read (and the
@@ -565,6 +571,14 @@ class RegistryClient:
 
 class _Interrupted(Exception):
     """A blob body ended before its declared size: resume."""
+
+
+class _WriterFailed(Exception):
+    """Carries an exception the blob writer raised through the retry loop, which must not retry it."""
+
+    def __init__(self, error: BaseException):
+        super().__init__(str(error))
+        self.error = error
 
 
 def _content_range_start(value: str | None) -> int | None:

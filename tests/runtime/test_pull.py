@@ -8,9 +8,9 @@ import pytest
 
 from runtime.config import RuntimeConfig
 from runtime.engine import Engine
-from runtime.errors import Cancelled, DigestMismatch, NotFound
+from runtime.errors import Cancelled, DigestMismatch, NotFound, UnsafeArchive
 from runtime.registry import RegistryClient
-from tests.support.registry import Dir, build_image, busybox_layer
+from tests.support.registry import Dir, File, build_image, busybox_layer
 
 
 @pytest.fixture
@@ -140,6 +140,18 @@ def test_a_corrupt_layer_leaves_no_image_and_no_layer(engine, registry, tmp_path
     assert engine.images.list() == []
     chain_ids = [layer.chain_id for layer in engine.layers.list()]
     assert len(chain_ids) <= 1, "only the good bottom layer may stay"
+    assert not [n for n in os.listdir(engine.layers.layers_dir) if n.startswith(".tmp-")]
+
+
+def test_an_unsafe_layer_is_refused_as_such_not_as_a_failed_download(engine, registry, tmp_path):
+    """The unpacking fails at the first entry while most of the blob is still to come: the download
+    stops at once (its writer's error is not a network error to retry) and the cause is reported."""
+    layer = {"../evil": b"x", "big": File(os.urandom(8 << 20))}
+    image = build_image(str(tmp_path / "layout"), "v1", [busybox_layer(), layer])
+    registry.push(image, "test/unsafe-pull", "v1")
+    with pytest.raises(UnsafeArchive, match="'..' path component"):
+        engine.pull(f"{registry.host}/test/unsafe-pull:v1")
+    assert engine.images.list() == []
     assert not [n for n in os.listdir(engine.layers.layers_dir) if n.startswith(".tmp-")]
 
 
