@@ -1,8 +1,8 @@
 """The exit watcher: a thread in the worker that notices containers exiting on their own.
 
-conmon writes each container's exit file; the engine's ``sync(id)`` reads it. Twice a second the
-watcher syncs the containers the models think are active, and hands each one that exited to
-``services.handle_exit`` (record the exit code, apply the restart policy, auto-remove).
+conmon writes each container's exit file; the engine's ``get(id)`` reads it. Twice a second the
+watcher looks at the containers the models think are active, and hands each one the engine says
+has stopped to ``services.handle_exit`` (record the exit code, apply the restart policy, --rm).
 """
 
 from __future__ import annotations
@@ -35,11 +35,13 @@ class ExitWatcher(threading.Thread):
                 engine = services.engine_containers()
                 for container in active:
                     try:
+                        # get() records an exit it finds; so may any reader (docker ps): compare
+                        # the engine's state with the model's, not "has it exited since".
                         record = engine.get(container.container_id)
                     except Exception:
                         services.forget_container(container.container_id)
                         continue
-                    if engine.has_exited(record.id):
+                    if not record.running:
                         services.handle_exit(record.id)
             except Exception:
                 logger.exception("exit watcher pass failed")
