@@ -333,3 +333,21 @@ def test_prune_cache_forgets_steps(engine, first):
     _, events = run_build(engine, {"Dockerfile": "FROM busybox\nENV A=1\n"})
     assert "Using cache" not in text(events)
     assert engine.images.resolve("demo:1")  # Tagged images stay.
+
+
+def test_cancelling_a_build_kills_its_run_container(engine):
+    from runtime.errors import Cancelled
+    import time
+
+    flag = []
+
+    def progress(event):
+        if "Running in" in event.get("stream", ""):
+            flag.append(True)
+
+    started = time.monotonic()
+    with pytest.raises(Cancelled):
+        build(engine, context({"Dockerfile": "FROM busybox\nRUN sleep 30\n"}), progress=progress,
+              cancelled=lambda: bool(flag))
+    assert time.monotonic() - started < 10
+    assert not engine.containers.list(all=True)
