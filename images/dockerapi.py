@@ -235,3 +235,43 @@ def auth(request):
     except Unauthorized as e:
         raise ApiError(f"login attempt to {registry} failed: {e}", 401) from None
     return json_response({"Status": "Login Succeeded", "IdentityToken": ""})
+
+
+#
+# Build (the classic builder's API: DOCKER_BUILDKIT=0)
+#
+
+def _json_param(request, name: str) -> dict:
+    raw = request.GET.get(name)
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        raise ApiError(f"invalid {name}: {raw}") from None
+    if not isinstance(value, dict):
+        raise ApiError(f"invalid {name}: expected a JSON object")
+    return {k: v for k, v in value.items() if v is not None}
+
+
+@docker_endpoint("POST")
+def build(request):
+    """``POST /build``: the body is the context tar; the answer streams the build's JSON lines."""
+    require_perm(request, "images.add_image")
+    if request.GET.get("remote"):
+        raise ApiError("builds from a remote context are not supported: send the context as the body", 501)
+    path = services.stage_upload(request)
+    job = services.request_build(
+        path, tags=request.GET.getlist("t"), dockerfile=request.GET.get("dockerfile") or "Dockerfile",
+        build_args=_json_param(request, "buildargs"), target=request.GET.get("target", ""),
+        no_cache=query_bool(request, "nocache"), pull=query_bool(request, "pull"),
+        labels=_json_param(request, "labels"), user=request.user, request=request)
+    response = StreamingHttpResponse(job_stream(job.pk), content_type="application/json")
+    response["X-Berth-Job"] = str(job.pk)
+    return response
+
+
+@docker_endpoint("POST")
+def build_prune(request):
+    require_perm(request, "images.delete_image")
+    return json_response(services.prune_build_cache(request=request))

@@ -54,3 +54,37 @@ class LoadForm(forms.Form):
 class SearchForm(forms.Form):
     term = forms.CharField(max_length=255, label="Search",
                            widget=forms.TextInput(attrs={"placeholder": "busybox, or 127.0.0.1:5000/team"}))
+
+
+class BuildForm(forms.Form):
+    """``docker build``: a Dockerfile typed here, and/or a context tar (its Dockerfile is used if none is typed)."""
+
+    dockerfile_text = forms.CharField(required=False, label="Dockerfile",
+                                      widget=forms.Textarea(attrs={"rows": 14, "spellcheck": "false",
+                                                                   "placeholder": "FROM busybox\nRUN echo hello"}))
+    context = forms.FileField(required=False, label="Context (a tar archive, or a folder packed by the page)")
+    dockerfile = forms.CharField(max_length=255, required=False, initial="Dockerfile", label="Dockerfile path in the context")
+    tags = forms.CharField(max_length=1024, required=False, help_text="-t, space separated: app:v1 app:latest")
+    build_args = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2}), label="Build args",
+                                 help_text="KEY=value, one per line")
+    target = forms.CharField(max_length=255, required=False)
+    no_cache = forms.BooleanField(required=False, label="--no-cache")
+
+    def clean(self):
+        data = super().clean()
+        if not data.get("dockerfile_text") and not data.get("context"):
+            raise forms.ValidationError("write a Dockerfile or upload a context")
+        for tag in (data.get("tags") or "").split():
+            try:
+                parse_reference(tag)
+            except InvalidArgument as e:
+                raise forms.ValidationError(f"invalid tag {tag}: {e}") from None
+        args = {}
+        for line in (data.get("build_args") or "").splitlines():
+            if line.strip():
+                key, sep, value = line.strip().partition("=")
+                if not sep or not key:
+                    raise forms.ValidationError(f"invalid build arg {line!r}: use KEY=value")
+                args[key] = value
+        data["build_args_dict"] = args
+        return data

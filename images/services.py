@@ -110,6 +110,54 @@ def login(registry: str, username: str, password: str, *, save: bool = False, re
 
 
 #
+# Build
+#
+
+def request_build(path: str, *, tags=(), dockerfile: str = "Dockerfile", build_args: dict | None = None,
+                  target: str = "", no_cache: bool = False, pull: bool = False, labels: dict | None = None,
+                  user=None, request=None):
+    """Queue ``docker build`` of a staged context tar; return the Job."""
+    from . import tasks
+
+    tags = [parse_reference(t).familiar for t in tags]
+    job = create_job(JobKindChoices.BUILD, ", ".join(tags) or "<untagged>", user, path=path, tags=tags,
+                     dockerfile=dockerfile or "Dockerfile", build_args=build_args or {}, stage=target,
+                     no_cache=no_cache, pull=pull, labels=labels or {})
+    audit.record(request, "image.build", job, tags=tags)
+    transaction.on_commit(lambda: tasks.build_image.apply_async((job.pk,), queue=nodes.node_queue()))
+    return job
+
+
+def build_image(job_id: int) -> None:
+    """Run a build job: every step's output goes to the job's log, the result is a recorded image."""
+    from runtime.build import build
+
+    with JobRun(job_id) as run:
+        if run.skip:
+            return
+        params = run.job.params
+        try:
+            with open(params["path"], "rb") as context:
+                record = build(get_engine(), context, dockerfile=params["dockerfile"], tags=params["tags"],
+                               build_args=params["build_args"], target=params["stage"] or None,
+                               no_cache=params["no_cache"], pull=params["pull"], labels=params["labels"],
+                               progress=run.emit, cancelled=run.cancelled)
+        finally:
+            _unlink(params["path"])
+        reconcile_images()
+        image = sync_image(record, job=run.job)
+        run.set_result({"image": record.id, "tags": record.repo_tags, "url": image.get_absolute_url()})
+
+
+def prune_build_cache(*, request=None) -> dict:
+    from . import tasks
+
+    answer = nodes.call(tasks.prune_build_cache)
+    audit.record(request, "build.prune", None, deleted=len(answer.get("CachesDeleted") or []))
+    return answer
+
+
+#
 # Import, load, save: the bytes travel as files under DATA_DIR, the worker does the work
 #
 

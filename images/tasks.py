@@ -71,3 +71,20 @@ def prune_images(all: bool) -> dict:
 @shared_task
 def reconcile_images() -> dict:
     return services.reconcile_images()
+
+
+@shared_task
+def build_image(job_id: int) -> None:
+    services.build_image(job_id)
+
+
+@shared_task
+def prune_build_cache() -> dict:
+    def run():
+        from runtime.build import prune_cache
+
+        answer = prune_cache(get_engine())
+        services.reconcile_images()
+        return answer
+
+    return nodes.wrap_result(run)

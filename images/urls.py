@@ -8,6 +8,7 @@ urlpatterns = [
     path("", views.image_list, name="image_list"),
     path("pull/", views.image_pull, name="image_pull"),
     path("search/", views.image_search, name="image_search"),
+    path("build/", views.image_build, name="image_build"),
     path("registries/", views.registry_list, name="registry_list"),
     path("registries/<int:pk>/remove/", views.registry_remove, name="registry_remove"),
     path("import/", views.image_import, name="image_import"),

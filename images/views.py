@@ -16,7 +16,7 @@ from runtime.engine import split_search_term
 from runtime.errors import EngineError, NotFound
 
 from . import services
-from .forms import ImportForm, LoadForm, PullForm, RegistryForm, SearchForm, TagForm
+from .forms import BuildForm, ImportForm, LoadForm, PullForm, RegistryForm, SearchForm, TagForm
 from .models import Image, Registry
 
 
@@ -222,3 +222,55 @@ def image_remove(request, name: str):
         return redirect(request.POST.get("next") or "images:image_list")
     messages.success(request, "; ".join(f"{k} {v}" for entry in answer for k, v in entry.items()))
     return redirect("images:image_list")
+
+
+@permission_required("images.add_image", raise_exception=True)
+def image_build(request):
+    """``docker build``: write or paste a Dockerfile, or upload a context; then watch the build's job."""
+    form = BuildForm(request.POST or None, request.FILES or None)
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        try:
+            path = _build_context(data)
+            job = services.request_build(path, tags=data["tags"].split(), dockerfile=data["dockerfile"] or "Dockerfile",
+                                         build_args=data["build_args_dict"], target=data["target"],
+                                         no_cache=data["no_cache"], user=request.user, request=request)
+        except EngineError as e:
+            form.add_error(None, str(e))
+        else:
+            return redirect("job_detail", job.pk)
+    return render(request, "images/image_build.html", {"form": form})
+
+
+def _build_context(data) -> str:
+    """Stage the context tar: the uploaded one, with the typed Dockerfile added (or alone)."""
+    import io
+    import tarfile
+    import time
+
+    text = (data.get("dockerfile_text") or "").replace("\r\n", "\n")
+    if data.get("context") is None:
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            _add_text(tar, data.get("dockerfile") or "Dockerfile", text, time.time())
+        buffer.seek(0)
+        return services.stage_upload(buffer)
+    path = services.stage_upload(data["context"])
+    if text:
+        # Append the typed Dockerfile to the uploaded (uncompressed) tar; a compressed one keeps its own.
+        try:
+            with tarfile.open(path, mode="a") as tar:
+                _add_text(tar, data.get("dockerfile") or "Dockerfile", text, time.time())
+        except (tarfile.ReadError, OSError):
+            pass
+    return path
+
+
+def _add_text(tar, name: str, text: str, mtime: float) -> None:
+    import io
+    import tarfile
+
+    content = text.encode()
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = len(content), 0o644, int(mtime)
+    tar.addfile(info, io.BytesIO(content))

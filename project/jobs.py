@@ -79,6 +79,7 @@ class JobRun:
         self._cancel_checked = 0.0
         self._cancelled = False
         self._progress_saved = 0.0
+        self._error_emitted = False
 
     @property
     def skip(self) -> bool:
@@ -105,7 +106,8 @@ class JobRun:
             self.finish(JobStatusChoices.CANCELLED, error=str(exc))
         else:
             message = str(exc) or exc.__class__.__name__
-            self.emit({"error": message, "errorDetail": {"message": message}})
+            if not self._error_emitted:  # the engine may have said it already (builds do)
+                self.emit({"error": message, "errorDetail": {"message": message}})
             self.finish(JobStatusChoices.FAILED, error=message)
             if not _is_expected(exc):
                 logger.exception("job %s failed", self.job.pk, exc_info=(exc_type, exc, tb))
@@ -141,6 +143,8 @@ class JobRun:
         if detail.get("total"):
             self._progress(message, detail)
             return
+        if "error" in message:
+            self._error_emitted = True
         with self._lock:
             self._seq += 1
             seq = self._seq
