@@ -162,6 +162,8 @@ class ContainerConfig:
     auto_remove: bool = False
     exposed_ports: dict = field(default_factory=dict)
     port_bindings: dict = field(default_factory=dict)
+    # ``-P``: publish every exposed port on a free host port.
+    publish_all_ports: bool = False
     stop_signal: str = ""
     stop_timeout: int | None = None
     privileged: bool = False
@@ -302,7 +304,11 @@ class ContainerStore:
         self.run_root = os.path.abspath(config.run_root)
         self.runc = Runc(shutil.which(config.runc) or config.runc, os.path.join(self.run_root, "runc"))
         self.conmon = Conmon(config.conmon, self.runc, os.path.join(self.run_root, "s"))
-        self.network: NetworkHook = network or DefaultNetwork(self)
+        if network is None:
+            from runtime.network import NetworkManager
+
+            network = NetworkManager(config, self)
+        self.network: NetworkHook = network
         self.volumes = volumes if volumes is not None else VolumeStore(config.root)
         self._boot_id = _boot_id()
         self._last_stats: dict[str, tuple[float, dict]] = {}
@@ -861,6 +867,7 @@ class ContainerStore:
             oci_spec.with_readonly_rootfs(config.read_only),
             oci_spec.with_process_args([record.path, *record.args]),
             oci_spec.with_env([f"HOSTNAME={config.hostname}"]),
+            oci_spec.with_env(getattr(self.network, "env", lambda r: [])(record)),
             oci_spec.with_env(config.env),
             oci_spec.with_tty(config.tty),
             oci_spec.with_cwd(config.working_dir or "/"),
@@ -892,6 +899,8 @@ class ContainerStore:
             base = (_read_host_file("/etc/hosts") or b"").decode("utf-8", "replace") or None
             hosts = oci_spec.hosts_file(extra_hosts=config.extra_hosts, base=base)
         else:
+            hosts = getattr(self.network, "hosts", lambda r: None)(record)
+        if hosts is None and not host_network:
             address = getattr(self.network, "address", lambda r: None)(record)
             hosts = oci_spec.hosts_file(config.hostname, ip=address, extra_hosts=config.extra_hosts,
                                         domainname=config.domainname)
@@ -1478,7 +1487,7 @@ class ContainerStore:
             "ImageID": record.image_id,
             "Command": command,
             "Created": _unix_seconds(record.created),
-            "Ports": _summary_ports(config),
+            "Ports": getattr(self.network, "summary_ports", lambda r: _summary_ports(config))(record),
             "Labels": {str(k): str(v) for k, v in (config.labels or {}).items()},
             "State": record.state.docker_status(),
             "Status": status_text(record),
@@ -1530,7 +1539,7 @@ class ContainerStore:
             "OomScoreAdj": 0,
             "PidMode": "",
             "Privileged": config.privileged,
-            "PublishAllPorts": False,
+            "PublishAllPorts": config.publish_all_ports,
             "ReadonlyRootfs": config.read_only,
             "SecurityOpt": list(config.security_opt) or None,
             "UTSMode": "",

@@ -37,10 +37,19 @@ class Engine:
         self.puller = Puller(config.root, self.store, self.layers, self.images)
         self.pusher = Pusher(self.store, self.layers, self.images)
         self.containers = ContainerStore(config, self.images, self.layers)
+        # runtime.network.NetworkManager: networks (``docker network``) and the containers' CNI hook.
+        self.networks = self.containers.network
 
-    def start(self) -> None:
-        """Drop what an interrupted process left in the staging areas (never a finished blob or layer)."""
+    def start(self, network_pool: int = 0) -> None:
+        """Drop what an interrupted process left in the staging areas (never a finished blob or layer),
+        and what stopped or removed containers left in the network (leases, chains, namespaces).
+        ``network_pool``: keep that many namespaces ready on the default network (the worker's)."""
         self.store.clean_tmp()
+        cleanup = getattr(self.networks, "cleanup", None)
+        if cleanup is not None:
+            cleanup()
+        if network_pool and hasattr(self.networks, "start_pool"):
+            self.networks.start_pool(network_pool)
 
     #
     # Registries

@@ -1,0 +1,450 @@
+"""Tests for runtime.network: real CNI plugins, bridges, namespaces and iptables, with busybox.
+
+Traffic only goes to 127.0.0.1 and to the namespaces and bridges these tests make. Every object
+has a per-run prefix (bridges ``bt<hex>...``, subnets picked at random in 10.200-249/16, leases
+under the temp root) and is removed at the end: containers, then the networks' bridges, isolation
+rules and leases (``NetworkManager.teardown``); the module checks that no veth, nat chain or lease
+of its containers is left.
+"""
+
+import io
+import ipaddress
+import os
+import random
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+from runtime.config import RuntimeConfig
+from runtime.containers import ContainerConfig, ContainerStore
+from runtime.engine import Engine
+from runtime.errors import AlreadyExists, InvalidState, NotFound
+from runtime.network import NetworkManager
+from runtime.network.manager import host_routes
+from runtime.starter import STARTER_CHANGES, write_rootfs
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/usr/lib/cni/bridge"),
+                                reason="runs real containers and CNI: needs root and containernetworking-plugins")
+
+HTTPD = "mkdir -p /www && echo \"hello from $(hostname)\" > /www/index.html && exec httpd -f -p 80 -h /www"
+
+
+def free_subnet(prefix: int) -> str:
+    routes = [r for r, _ in host_routes()]
+    while True:
+        candidate = ipaddress.ip_network(f"10.{random.randint(200, 249)}.{random.randint(0, 255) if prefix > 16 else 0}.0/{prefix}")
+        if not any(candidate.overlaps(r) for r in routes):
+            return str(candidate)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_manager(config, store, tag):
+    return NetworkManager(config, store, bridge=f"bt{tag}0", subnet=free_subnet(24), user_subnets=free_subnet(16),
+                          bridge_prefix=f"bt{tag}-", ipam_dir=os.path.join(os.path.dirname(config.root), "ipam"))
+
+
+@pytest.fixture(scope="module")
+def env():
+    base = tempfile.mkdtemp(prefix="bn-", dir="/tmp")
+    config = RuntimeConfig(root=os.path.join(base, "root"), run_root=os.path.join(base, "run"))
+    engine = Engine(config)
+    rootfs = io.BytesIO()
+    write_rootfs(rootfs)
+    rootfs.seek(0)
+    engine.images.import_tar(rootfs, changes=STARTER_CHANGES, reference="busybox:latest")
+    tag = secrets.token_hex(2)
+    net = make_manager(config, engine.containers, tag)
+    engine.containers.network = net
+    yield engine, net, tag
+    for record in engine.containers.list(all=True):
+        engine.containers.remove(record.id, force=True)
+    for doc in net.list():
+        if doc["Name"] not in ("bridge", "host", "none"):
+            net.remove(doc["Name"])
+    net.teardown()
+    bridges = subprocess.run(["ip", "-br", "link"], capture_output=True, text=True).stdout
+    assert f"bt{tag}" not in bridges
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def store(env) -> ContainerStore:
+    return env[0].containers
+
+
+@pytest.fixture
+def net(env) -> NetworkManager:
+    return env[1]
+
+
+@pytest.fixture
+def networks(net):
+    made = []
+
+    def make(name, **options):
+        doc = net.create(name, **options)
+        made.append(doc["Name"])
+        return doc
+
+    yield make
+    for name in made:
+        try:
+            net.remove(name)
+        except NotFound:
+            pass
+
+
+@pytest.fixture
+def ctr(store, networks):
+    # Needs ``networks``: containers go first at teardown, then their networks.
+    made = []
+
+    def make(*cmd, start=True, **options):
+        options.setdefault("image", "busybox")
+        record = store.create(ContainerConfig(cmd=list(cmd) if cmd else None, **options))
+        made.append(record.id)
+        return store.start(record.id) if start else record
+
+    yield make
+    for cid in made:
+        try:
+            store.remove(cid, force=True)
+        except NotFound:
+            pass
+
+
+def http_get(port: int, host: str = "127.0.0.1", timeout: float = 5.0) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=2) as s:
+                s.sendall(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+                data = b""
+                while chunk := s.recv(4096):
+                    data += chunk
+            return data.decode().partition("\r\n\r\n")[2]
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def exec_out(store, cid, *cmd) -> tuple[int, str]:
+    code, out, err = store.exec(cid, list(cmd), timeout=30)
+    return code, (out + err).decode()
+
+
+def wait_httpd(store, cid):
+    deadline = time.monotonic() + 5
+    while exec_out(store, cid, "sh", "-c", "netstat -ltn | grep -q ':80 '")[0] != 0:
+        assert time.monotonic() < deadline, "httpd did not start"
+        time.sleep(0.05)
+
+
+def lease_files(net, bridge) -> list[str]:
+    d = os.path.join(net.ipam_dir, bridge)
+    return [e for e in os.listdir(d) if e[0].isdigit()] if os.path.isdir(d) else []
+
+
+def test_a_published_port_answers_on_loopback_and_inspect_shows_it(store, net, ctr):
+    port = free_port()
+    record = ctr("sh", "-c", HTTPD, name="web1", port_bindings={"80/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(port)}]})
+    assert http_get(port) == f"hello from {record.id[:12]}\n"
+    inspect = store.inspect("web1")
+    settings = inspect["NetworkSettings"]
+    assert settings["Ports"] == {"80/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(port)}]}
+    endpoint = settings["Networks"]["bridge"]
+    subnet = ipaddress.ip_network(net.get("bridge")["IPAM"]["Config"][0]["Subnet"])
+    assert ipaddress.ip_address(endpoint["IPAddress"]) in subnet and endpoint["IPAddress"] == settings["IPAddress"]
+    assert endpoint["Gateway"] == str(next(subnet.hosts())) and len(endpoint["MacAddress"]) == 17
+    assert endpoint["NetworkID"] == net.get("bridge")["Id"] and len(endpoint["EndpointID"]) == 64
+    assert store.summary(store.get("web1"))["Ports"] == [
+        {"IP": "127.0.0.1", "PrivatePort": 80, "PublicPort": port, "Type": "tcp"}]
+    with open(os.path.join(store.root, record.id, "hosts")) as f:
+        assert f.read().splitlines()[-1] == f"{endpoint['IPAddress']}\t{record.id[:12]}"
+    assert net.get("bridge")["Containers"][record.id]["IPv4Address"] == f"{endpoint['IPAddress']}/24"
+    # Published on 127.0.0.1 only: not through the gateway address.
+    code, out = exec_out(store, record.id, "timeout", "2", "wget", "-qO-", f"http://{endpoint['Gateway']}:{port}/")
+    assert code != 0
+    store.stop(record.id, timeout=0)
+    assert store.inspect("web1")["NetworkSettings"]["Ports"] == {}
+    with pytest.raises(OSError):
+        http_get(port, timeout=0.3)
+    # A stopped container's port is free again: anything can bind it.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))
+
+
+def test_publish_all_picks_free_ports_and_port_ranges_map_one_to_one(store, ctr):
+    record = ctr("sh", "-c", HTTPD, exposed_ports={"80/tcp": {}}, publish_all_ports=True)
+    ports = store.inspect(record.id)["NetworkSettings"]["Ports"]["80/tcp"]
+    assert ports[0]["HostIp"] == "0.0.0.0" and int(ports[0]["HostPort"]) > 1024
+    assert "hello" in http_get(int(ports[0]["HostPort"]))
+    # Published on every address: the container reaches itself through the gateway (hairpin).
+    gateway = store.inspect(record.id)["NetworkSettings"]["Gateway"]
+    code, out = exec_out(store, record.id, "timeout", "3", "wget", "-qO-", f"http://{gateway}:{ports[0]['HostPort']}/")
+    assert "hello" in out
+    first = free_port()
+    while True:  # two free consecutive ports
+        with socket.socket() as a, socket.socket() as b:
+            try:
+                a.bind(("127.0.0.1", first)), b.bind(("127.0.0.1", first + 1))
+                break
+            except OSError:
+                first = free_port()
+    ranged = ctr("sleep", "1000", port_bindings={"7000-7001/tcp": [{"HostIp": "127.0.0.1",
+                                                                    "HostPort": f"{first}-{first + 1}"}]})
+    got = store.inspect(ranged.id)["NetworkSettings"]["Ports"]
+    assert got == {"7000/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(first)}],
+                   "7001/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(first + 1)}]}
+
+
+UDP_ECHO = """
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 53))
+print("ready", flush=True)
+while True:
+    data, peer = s.recvfrom(512)
+    s.sendto(b"echo:" + data, peer)
+"""
+
+
+def test_a_udp_port_forwards(store, ctr):
+    # Busybox has no UDP server (its nc has no -u): the host's python serves UDP inside the
+    # container's network namespace, which is what the published port forwards to.
+    port = free_port()
+    record = ctr("sleep", "1000", port_bindings={"53/udp": [{"HostIp": "127.0.0.1", "HostPort": str(port)}]})
+    sandbox = store.inspect(record.id)["NetworkSettings"]["SandboxKey"]
+    server = subprocess.Popen(["nsenter", f"--net={sandbox}", "python3", "-c", UDP_ECHO], stdout=subprocess.PIPE,
+                              start_new_session=True)
+    try:
+        assert server.stdout.readline() == b"ready\n"
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(2)
+            s.sendto(b"ping", ("127.0.0.1", port))
+            data, peer = s.recvfrom(512)
+        assert data == b"echo:ping" and peer == ("127.0.0.1", port)
+    finally:
+        server.kill()
+        server.wait()
+
+
+def test_a_taken_host_port_is_refused_before_the_container_starts(store, ctr):
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    port = holder.getsockname()[1]
+    try:
+        record = ctr("sleep", "1000", start=False,
+                     port_bindings={"80/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(port)}]})
+        with pytest.raises(Exception, match=f"Bind for 127.0.0.1:{port} failed: port is already allocated"):
+            store.start(record.id)
+        after = store.get(record.id)
+        assert after.state.value == "configured" and after.pid == 0
+        assert "port is already allocated" in store.inspect(record.id)["State"]["Error"]
+        # Another container of the engine holding the port: refused the same way.
+        holder.close()
+        ctr("sleep", "1000", port_bindings={"80/tcp": [{"HostIp": "", "HostPort": str(port)}]})
+        with pytest.raises(Exception, match="port is already allocated"):
+            store.start(record.id)
+    finally:
+        holder.close()
+
+
+def test_containers_on_a_user_network_reach_each_other_by_name_and_alias(store, net, ctr, networks):
+    doc = networks("front", labels={"team": "a"})
+    assert doc["Driver"] == "bridge" and doc["Labels"] == {"team": "a"} and not doc["Internal"]
+    a = ctr("sh", "-c", HTTPD, name="alpha", network_mode="front")
+    net.connect("front", ctr("sleep", "1000", name="beta", start=False).id, aliases=["bee"])
+    b = store.start("beta")
+    # beta was connected with an alias while stopped; httpd in beta for alpha to fetch.
+    store.exec(b.id, ["sh", "-c", HTTPD], detach=True)
+    wait_httpd(store, a.id)
+    wait_httpd(store, b.id)
+    assert exec_out(store, b.id, "timeout", "3", "wget", "-qO-", "http://alpha/")[1] == f"hello from {a.id[:12]}\n"
+    assert exec_out(store, a.id, "timeout", "3", "wget", "-qO-", "http://beta/")[1] == f"hello from {b.id[:12]}\n"
+    assert exec_out(store, a.id, "timeout", "3", "wget", "-qO-", "http://bee/")[1] == f"hello from {b.id[:12]}\n"
+    assert exec_out(store, a.id, "timeout", "3", "wget", "-qO-", f"http://{b.id[:12]}/")[1].startswith("hello")
+    inspect = store.inspect("beta")["NetworkSettings"]["Networks"]["front"]
+    assert inspect["Aliases"] == [b.id[:12], "bee"] and inspect["IPAddress"]
+    assert set(net.get("front")["Containers"]) == {a.id, b.id}
+    assert [d["Name"] for d in net.list({"label": "team=a"})] == ["front"]
+    # Removing a network in use is refused in Docker's words; stopping beta takes it out of alpha's hosts.
+    with pytest.raises(InvalidState, match="error while removing network: network front id .* has active endpoints"):
+        net.remove("front")
+    store.stop(b.id, timeout=0)
+    code, out = exec_out(store, a.id, "cat", "/etc/hosts")
+    assert "beta" not in out
+    assert exec_out(store, a.id, "timeout", "2", "wget", "-qO-", "http://beta/")[0] != 0
+
+
+def test_two_user_networks_cannot_reach_each_other_and_connect_joins_at_once(store, net, ctr, networks):
+    networks("red")
+    networks("blue")
+    red = ctr("sh", "-c", HTTPD, name="redweb", network_mode="red")
+    blue = ctr("sleep", "1000", name="bluebox", network_mode="blue")
+    wait_httpd(store, red.id)
+    red_ip = store.inspect(red.id)["NetworkSettings"]["Networks"]["red"]["IPAddress"]
+    code, out = exec_out(store, blue.id, "timeout", "2", "wget", "-qO-", f"http://{red_ip}/")
+    assert code != 0, out
+    assert "redweb" not in exec_out(store, blue.id, "cat", "/etc/hosts")[1]
+    # Connected to red while running: a second interface, and the names of red's members.
+    net.connect("red", blue.id)
+    code, out = exec_out(store, blue.id, "timeout", "3", "wget", "-qO-", "http://redweb/")
+    assert code == 0 and out.startswith("hello"), out
+    assert "bluebox" in exec_out(store, red.id, "cat", "/etc/hosts")[1]
+    assert set(store.inspect(blue.id)["NetworkSettings"]["Networks"]) == {"blue", "red"}
+    net.disconnect("red", blue.id)
+    assert exec_out(store, blue.id, "timeout", "2", "wget", "-qO-", f"http://{red_ip}/")[0] != 0
+    assert "bluebox" not in exec_out(store, red.id, "cat", "/etc/hosts")[1]
+    assert set(store.inspect(blue.id)["NetworkSettings"]["Networks"]) == {"blue"}
+
+
+def test_an_internal_network_has_no_way_out(store, ctr, networks):
+    networks("vault", internal=True)
+    inside = ctr("sleep", "1000", network_mode="vault")
+    gateway = store.inspect(inside.id)["NetworkSettings"]["Networks"]["vault"]["Gateway"]
+    code, out = exec_out(store, inside.id, "ip", "route")
+    assert "default" not in out
+
+
+def test_links_write_hosts_and_docker_env(store, ctr):
+    web = ctr("sh", "-c", HTTPD, name="linkweb", env=["FOO=bar"], exposed_ports={"80/tcp": {}, "53/udp": {}})
+    client = ctr("sleep", "1000", name="client1", links=["linkweb:webalias"], extra_hosts=["extra.example:10.89.77.7"],
+                 dns=["10.89.0.53"], dns_search=["example.test"], dns_options=["ndots:2"], hostname="client1")
+    ip = store.inspect(web.id)["NetworkSettings"]["IPAddress"]
+    own = store.inspect(client.id)["NetworkSettings"]["IPAddress"]
+    hosts = exec_out(store, client.id, "cat", "/etc/hosts")[1].splitlines()
+    assert hosts[-3:] == ["10.89.77.7\textra.example", f"{ip}\twebalias {web.id[:12]} linkweb", f"{own}\tclient1"]
+    env = exec_out(store, client.id, "env")[1].splitlines()
+    for line in ("WEBALIAS_NAME=/client1/webalias", f"WEBALIAS_PORT=udp://{ip}:53",
+                 f"WEBALIAS_PORT_80_TCP=tcp://{ip}:80", f"WEBALIAS_PORT_80_TCP_ADDR={ip}",
+                 "WEBALIAS_PORT_80_TCP_PORT=80", "WEBALIAS_PORT_80_TCP_PROTO=tcp", "WEBALIAS_ENV_FOO=bar",
+                 f"WEBALIAS_PORT_53_UDP=udp://{ip}:53"):
+        assert line in env
+    assert not any(l.startswith("WEBALIAS_ENV_PATH=") for l in env)
+    resolv = exec_out(store, client.id, "cat", "/etc/resolv.conf")[1]
+    assert "nameserver 10.89.0.53" in resolv and "search example.test" in resolv and "options ndots:2" in resolv
+    wait_httpd(store, web.id)
+    assert exec_out(store, client.id, "timeout", "3", "wget", "-qO-", "http://webalias/")[1].startswith("hello")
+    assert store.inspect(client.id)["NetworkSettings"]["Networks"]["bridge"]["Links"] == ["/linkweb:/client1/webalias"]
+    store.stop(web.id, timeout=0)
+    stopped = ctr("true", start=False, links=["linkweb:webalias"])
+    with pytest.raises(Exception, match="Cannot link to a non running container: /linkweb AS"):
+        store.start(stopped.id)
+
+
+def test_network_verbs_follow_docker(net, networks, store):
+    with pytest.raises(AlreadyExists, match="network with name bridge already exists"):
+        net.create("bridge")
+    with pytest.raises(InvalidState, match="bridge is a pre-defined network and cannot be removed"):
+        net.remove("bridge")
+    doc = networks("verbs", subnet="10.251.250.0/24")
+    assert doc["IPAM"]["Config"] == [{"Subnet": "10.251.250.0/24", "Gateway": "10.251.250.1"}]
+    with pytest.raises(AlreadyExists, match="Pool overlaps"):
+        net.create("verbs2", subnet="10.251.250.128/25")
+    assert net.get(doc["Id"][:10])["Name"] == "verbs"
+    assert {d["Name"] for d in net.list({"type": "builtin"})} == {"bridge", "host", "none"}
+    with pytest.raises(NotFound, match="network nope not found"):
+        net.get("nope")
+    networks("unused")
+    pruned = net.prune()["NetworksDeleted"]
+    assert {"verbs", "unused"} <= set(pruned) and "bridge" not in pruned
+    with pytest.raises(NotFound):
+        net.get("verbs")
+
+
+def test_port_forwards_survive_a_worker_restart(env, store, ctr):
+    engine, net, tag = env
+    port = free_port()
+    record = ctr("sh", "-c", HTTPD, port_bindings={"80/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(port)}]})
+    assert "hello" in http_get(port)
+    # A new worker: new store and network objects on the same root (the old ones are forgotten).
+    fresh = ContainerStore(engine.config, engine.images, engine.layers, network=None)
+    fresh_net = NetworkManager(engine.config, fresh, bridge=net.default_bridge, subnet=net.default_subnet,
+                               user_subnets=str(net.user_subnets), bridge_prefix=net.bridge_prefix,
+                               ipam_dir=net.ipam_dir)
+    fresh.network = fresh_net
+    net.ports.release(record.id)  # the old worker's sockets die with it
+    done = fresh_net.cleanup()
+    assert record.id not in done["endpoints"]
+    assert "hello" in http_get(port)
+    assert fresh.inspect(record.id)["NetworkSettings"]["Ports"]["80/tcp"][0]["HostPort"] == str(port)
+    # The new worker holds the port again, and its stop releases the network.
+    with pytest.raises(OSError):
+        socket.socket().bind(("127.0.0.1", port))
+    fresh.stop(record.id, timeout=0)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))
+
+
+def test_cleanup_removes_what_a_killed_engine_left(env, store, net, ctr):
+    engine, _, tag = env
+    record = ctr("sleep", "1000", port_bindings={"80/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(free_port())}]})
+    ep = net._load_endpoint(record.id)
+    att = ep["attachments"]["bridge"]
+    veth = att["veth"]
+    assert os.path.exists(f"/sys/class/net/{veth}")
+    assert att["ip"] in lease_files(net, net.default_bridge)
+    assert record.id in subprocess.run(["iptables-save", "-t", "nat"], capture_output=True, text=True).stdout
+    # The engine dies and the container's processes with it; its record is lost too (a remove
+    # interrupted after the directory went). Only the network's endpoint file is left.
+    conmon = record.conmon_pid
+    os.kill(record.pid, signal.SIGKILL)
+    os.kill(conmon, signal.SIGKILL)
+    time.sleep(0.2)
+    store.runc.delete(record.id, force=True)
+    subprocess.run(["umount", "-l", os.path.join(store.root, record.id, "merged")], capture_output=True)
+    shutil.rmtree(os.path.join(store.root, record.id))
+    net.ports.release(record.id)
+    fresh = ContainerStore(engine.config, engine.images, engine.layers)
+    fresh_net = NetworkManager(engine.config, fresh, bridge=net.default_bridge, subnet=net.default_subnet,
+                               bridge_prefix=net.bridge_prefix, ipam_dir=net.ipam_dir)
+    done = fresh_net.cleanup()
+    assert record.id in done["endpoints"]
+    assert not os.path.exists(f"/sys/class/net/{veth}")
+    assert att["ip"] not in lease_files(net, net.default_bridge)
+    assert record.id not in subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
+    assert f"-s {att['ip']}/32" not in subprocess.run(["iptables", "-S", "CNI-FORWARD"], capture_output=True, text=True).stdout
+    assert not os.path.exists(ep["netns"]) and net._load_endpoint(record.id) is None
+
+
+def test_the_pool_takes_cni_off_the_start_path(store, net, ctr):
+    net.start_pool(2)
+    try:
+        deadline = time.monotonic() + 10
+        while len(net._ready_pool()) < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        started = time.perf_counter()
+        record = ctr("true", start=False)
+        store.start(record.id)
+        store.wait(record.id, timeout=10)
+        pooled = time.perf_counter() - started
+        ep = net._load_endpoint(record.id)
+        assert ep["attachments"] == {} and ep["netns"] == ""  # released at exit
+        port = free_port()
+        web = ctr("sh", "-c", HTTPD, port_bindings={"80/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(port)}]})
+        assert net._load_endpoint(web.id)["attachments"]["bridge"]["cni_id"].startswith("pool")
+        assert "hello" in http_get(port)
+    finally:
+        net.stop_pool()
+    assert net._ready_pool() == []
+    net.pool_size = 0
+    started = time.perf_counter()
+    record = ctr("true", start=False)
+    store.start(record.id)
+    store.wait(record.id, timeout=10)
+    unpooled = time.perf_counter() - started
+    print(f"\nrun true: pooled {pooled * 1000:.0f} ms, without pool {unpooled * 1000:.0f} ms")
