@@ -46,9 +46,10 @@ from typing import Iterable
 from runtime.errors import CommandError
 from runtime.oci import Runc, runc_message
 
-__all__ = ["IN_CLOSE_WRITE", "IN_CREATE", "IN_MODIFY", "IN_MOVED_TO", "Conmon", "ExecLaunch", "FileWatch",
+__all__ = ["IN_CLOSE_WRITE", "IN_CREATE", "IN_MODIFY", "IN_MOVED_TO", "Conmon", "ExecAttachLaunch", "ExecLaunch",
+           "FileWatch",
            "LogReader", "LogRecord", "conmon_alive", "format_time_ns", "parse_time_ns", "process_start_time",
-           "read_exit_file", "wait_for_exit"]
+           "read_exit_file", "read_sync_file", "wait_for_exit"]
 
 # A sync-pipe message is one short JSON line; runc's error text can be a few KiB.
 _MAX_MESSAGE = 1 << 16
@@ -62,6 +63,38 @@ class ExecLaunch:
     pid: int
     exit_file: str
     log_path: str
+
+
+@dataclass
+class ExecAttachLaunch:
+    """An exec session conmon prepared with ``--exec-attach``: its attach socket and FIFOs exist,
+    the process is not started yet (write one byte to ``start_fifo``, from any process)."""
+
+    conmon_pid: int
+    socket: str
+    ctl: str
+    start_fifo: str
+    sync_file: str
+    exit_file: str
+    tmpdir: str
+
+
+def read_sync_file(path: str) -> list[dict]:
+    """The JSON messages conmon wrote so far to a sync *file* (one per line, ``{"data": N}`` or
+    ``{"data": -1, "message": "..."}``); a line still being written is left out."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(_MAX_MESSAGE)
+    except FileNotFoundError:
+        return []
+    out = []
+    for line in data.split(b"\n")[:-1]:
+        if line.strip():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+    return out
 
 
 class Conmon:
@@ -154,6 +187,110 @@ class Conmon:
         messages = self._launch(argv, cwd=session_dir, tmp_name=session_id, expect=1, timeout=timeout,
                                 what=f"exec in {cid}")
         return ExecLaunch(pid=messages[0], exit_file=os.path.join(exit_dir, cid), log_path=log_path)
+
+    def exec_attach(self, cid: str, *, session_id: str, session_dir: str, process_file: str,
+                    terminal: bool = True, stdin: bool = True,
+                    timeout: float = _DEFAULT_TIMEOUT) -> ExecAttachLaunch:
+        """Prepare an interactive exec session (``-e --exec-attach``, notes §7) without starting it.
+
+        Returns once conmon reported on the attach pipe (``{"data": 0}``): the socket
+        ``<socket_dir>/<session_id>/attach`` and the FIFOs ``<session_dir>/ctl``/``winsz`` exist.
+        Unlike Podman, nothing the session needs later stays in this process, so another process
+        may start it and read its results:
+
+        - the start pipe is the named FIFO ``<session_dir>/start``, opened O_RDWR here and given
+          as ``_OCI_STARTPIPE``: conmon's first process reads our first byte from it, and its child
+          blocks on a second read before it runs ``runc exec``. Whoever writes one byte to the
+          FIFO later starts the process (an open with O_NONBLOCK fails with ENXIO once conmon is gone);
+        - the sync pipe is the regular file ``<session_dir>/sync`` (O_APPEND): conmon writes the
+          pid (or ``-1`` with runc's error) and later the exit code there, and never gets EPIPE;
+        - the attach pipe is a socketpair we read once and close (conmon writes it only once).
+
+        The console socket's TMPDIR (``<socket_dir>/../t/<session_id>``) must outlive the start:
+        ``remove_session_tmp`` once the process runs. ``-l none``: the session keeps no log.
+        With ``stdin`` and no ``terminal``, the first client that disconnects (or shuts down its
+        writing side) closes the process's stdin (Docker's ``exec -i``).
+        """
+        exit_dir = os.path.join(session_dir, "exits")
+        os.makedirs(exit_dir, mode=0o700, exist_ok=True)
+        os.makedirs(self.socket_dir, mode=0o700, exist_ok=True)
+        start_fifo = os.path.join(session_dir, "start")
+        sync_file = os.path.join(session_dir, "sync")
+        tmpdir = self.session_tmp(session_id)
+        os.makedirs(tmpdir, mode=0o700, exist_ok=True)
+        argv = self._common_args(cid, session_id, session_dir, os.path.join(session_dir, "pidfile"),
+                                 os.path.join(session_dir, "log"), exit_dir, session_dir)
+        argv[argv.index("-l") + 1] = "none"
+        argv += ["-P", os.path.join(session_dir, "conmon.pid"), "-e", "--exec-attach",
+                 "--exec-process-spec", process_file]
+        if terminal:
+            argv.append("-t")
+        elif stdin:
+            argv.append("-i")
+        os.mkfifo(start_fifo, 0o600)
+        start_fd = os.open(start_fifo, os.O_RDWR | os.O_CLOEXEC)
+        sync_fd = os.open(sync_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        attach_parent, attach_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
+            "_OCI_SYNCPIPE": str(sync_fd),
+            "_OCI_STARTPIPE": str(start_fd),
+            "_OCI_ATTACHPIPE": str(attach_child.fileno()),
+            "TMPDIR": tmpdir,
+        }
+        what = f"exec in {cid}"
+        try:
+            # The first byte: conmon's first read, before it forks (the cgroup window of §2).
+            os.write(start_fd, b"\0")
+            try:
+                proc = subprocess.Popen(
+                    argv, cwd=session_dir, env=env, pass_fds=(sync_fd, start_fd, attach_child.fileno()),
+                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                    start_new_session=True,
+                )
+            except OSError as exc:
+                raise CommandError(f"cannot run {self.path}: {exc.strerror}") from exc
+            finally:
+                os.close(start_fd)
+                os.close(sync_fd)
+                attach_child.close()
+            returncode = proc.wait()
+            stderr = proc.stderr.read().decode("utf-8", "replace").strip()
+            proc.stderr.close()
+            if returncode != 0:
+                raise CommandError(f"conmon for {what} failed: {stderr or f'exit status {returncode}'}",
+                                   returncode, stderr)
+            attach_parent.settimeout(timeout)
+            try:
+                data = attach_parent.recv(_MAX_MESSAGE)
+            except socket.timeout:
+                raise CommandError(f"conmon for {what} did not report within {timeout:g}s") from None
+            if not data:
+                raise CommandError(f"conmon for {what} exited before reporting (see the host's syslog)")
+            message = json.loads(data.splitlines()[0])
+            if int(message.get("data", -1)) < 0:
+                text = runc_message(message.get("message", "")) or "unknown error"
+                raise CommandError(f"conmon for {what} failed: {text}")
+        except BaseException:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+            raise
+        finally:
+            attach_parent.close()
+        try:
+            with open(os.path.join(session_dir, "conmon.pid"), "rb") as f:
+                conmon_pid = int(f.read().strip() or 0)
+        except (FileNotFoundError, ValueError):
+            conmon_pid = 0
+        return ExecAttachLaunch(conmon_pid=conmon_pid, socket=self.attach_path(session_id),
+                                ctl=os.path.join(session_dir, "ctl"), start_fifo=start_fifo,
+                                sync_file=sync_file, exit_file=os.path.join(exit_dir, cid), tmpdir=tmpdir)
+
+    def session_tmp(self, session_id: str) -> str:
+        """conmon's TMPDIR for ``session_id`` (its console socket lives there, §10)."""
+        return os.path.join(os.path.dirname(self.socket_dir), "t", session_id)
+
+    def remove_session_tmp(self, session_id: str) -> None:
+        shutil.rmtree(self.session_tmp(session_id), ignore_errors=True)
 
     def _launch(self, argv: list[str], *, cwd: str, tmp_name: str, expect: int, timeout: float,
                 what: str) -> list[int]:
