@@ -159,12 +159,14 @@ def from_docker(body: dict, name: str = "") -> dict:
         "auto_remove": bool(host.get("AutoRemove")),
         "exposed_ports": dict(body.get("ExposedPorts") or {}),
         "port_bindings": dict(host.get("PortBindings") or {}),
+        "publish_all_ports": bool(host.get("PublishAllPorts")),
         "stop_signal": body.get("StopSignal") or "",
         "stop_timeout": body.get("StopTimeout"),
         "privileged": bool(host.get("Privileged")),
         "extra_hosts": list(host.get("ExtraHosts") or []),
         "dns": list(host.get("Dns") or []),
         "dns_search": list(host.get("DnsSearch") or []),
+        "dns_options": list(host.get("DnsOptions") or []),
         "links": list(host.get("Links") or []),
     }
 

@@ -32,7 +32,8 @@ def worker_started() -> None:
     """1. Clean the engine's staging areas and old staged files. 2. Reconcile every app's models."""
     from project.engine import get_engine
 
-    get_engine().start()
+    # Two namespaces kept ready on the default network take CNI off `docker run`'s path (runtime.network).
+    get_engine().start(network_pool=2)
     clean_staged_files()
     for label in ("images", "containers"):
         try:
