@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Run Berth in the foreground: Redis (when nothing answers at REDIS_URL), a Celery worker and Daphne.
+# Run Berth in the foreground: Redis (when nothing answers at REDIS_URL), a Celery worker, Daphne on a
+# unix socket, and the front listener (project/front.py) on HOST:PORT in front of it.
 # Ctrl-C stops all of them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -58,12 +59,23 @@ say "starting the Celery worker (queue node.$NODE)"
   --loglevel INFO &
 pids+=($!)
 
-# 3. The web server.
-say "starting Daphne"
-.venv/bin/daphne -b "$HOST" -p "$PORT" project.asgi:application &
+# 3. The web server: Daphne on a unix socket, behind the front listener, which owns the public port
+#    (it splices the Docker API's attach/exec streams itself: docs/architecture.md).
+DAPHNE_SOCK="${BERTH_DAPHNE_SOCKET:-$PWD/var/daphne.sock}"
+say "starting Daphne on $DAPHNE_SOCK"
+rm -f "$DAPHNE_SOCK"
+.venv/bin/daphne -u "$DAPHNE_SOCK" --proxy-headers project.asgi:application &
+pids+=($!)
+for _ in $(seq 100); do [ -S "$DAPHNE_SOCK" ] && break; sleep 0.1; done
+[ -S "$DAPHNE_SOCK" ] || die "Daphne did not create $DAPHNE_SOCK"
+DOCKER_SOCK="${BERTH_DOCKER_SOCKET:-$PWD/var/docker.sock}"
+say "starting the front listener on $HOST:$PORT and $DOCKER_SOCK"
+.venv/bin/python project/front.py --listen "$HOST:$PORT" --listen "unix:$DOCKER_SOCK" --upstream "$DAPHNE_SOCK" \
+  --secret-file "${BERTH_DATA_DIR:-$PWD/var}/front_secret" &
 pids+=($!)
 
-printf '\n\033[1;32mBerth is running at http://%s:%s/\033[0m  (Ctrl-C stops it)\n\n' "$HOST" "$PORT"
+printf '\n\033[1;32mBerth is running at http://%s:%s/\033[0m  (Ctrl-C stops it)\n' "$HOST" "$PORT"
+printf 'docker CLI: DOCKER_HOST=unix://%s (or tcp://%s:%s)\n\n' "$DOCKER_SOCK" "$HOST" "$PORT"
 
 # Whichever child ends first ends the run.
 set +e

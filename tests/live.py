@@ -1,4 +1,5 @@
-"""The live stack for tests: a private Redis, Daphne and a Celery worker, started as a user would."""
+"""The live stack for tests: a private Redis, a Celery worker, Daphne on a unix socket and the front
+listener on a TCP port in front of it, started as a user would (scripts/run.sh)."""
 
 from __future__ import annotations
 
@@ -114,6 +115,7 @@ class LiveServer:
     env: dict = field(default_factory=dict)
     username: str = ADMIN_USER
     password: str = ADMIN_PASSWORD
+    docker_socket: str = ""  # the front's unix socket (DOCKER_HOST=unix://...)
 
     def request(self, method: str, path: str, body=None, headers: dict | None = None, token: bool = True):
         """Make one HTTP request; return (status, headers, body bytes)."""
@@ -134,12 +136,14 @@ class LiveServer:
         status, _, data = self.request(method, path, body, **kwargs)
         return status, (json.loads(data) if data else None)
 
-    def docker_env(self, config_dir: Path) -> dict:
-        """Environment for the real docker CLI: our host, and our token in config.json's HttpHeaders."""
+    def docker_env(self, config_dir: Path, unix: bool = False) -> dict:
+        """Environment for the real docker CLI: our host (TCP, or the front's unix socket with
+        ``unix``), and our token in config.json's HttpHeaders."""
         config_dir.mkdir(parents=True, exist_ok=True)
         (config_dir / "config.json").write_text(json.dumps({"HttpHeaders": {"Authorization": f"Bearer {self.token}"}}))
         env = os.environ.copy()
-        env.update({"DOCKER_HOST": f"tcp://127.0.0.1:{self.port}", "DOCKER_CONFIG": str(config_dir)})
+        host = f"unix://{self.docker_socket}" if unix else f"tcp://127.0.0.1:{self.port}"
+        env.update({"DOCKER_HOST": host, "DOCKER_CONFIG": str(config_dir)})
         env.pop("DOCKER_TLS_VERIFY", None)
         env.pop("DOCKER_CERT_PATH", None)
         return env
@@ -163,9 +167,10 @@ class LiveServer:
 
 
 def start_live_server(logdir: Path) -> LiveServer:
-    """Migrate, create the admin and a token, then start a Celery worker and Daphne.
+    """Migrate, create the admin and a token, then start a Celery worker, Daphne and the front.
 
-    The worker listens on the node queue, exactly as `make run` starts it.
+    The worker listens on the node queue, Daphne on a unix socket in ``logdir`` and the front on a
+    free port, exactly as `make run` starts them.
     """
     env = os.environ.copy()
     env.update({"DJANGO_SETTINGS_MODULE": "project.settings", "BERTH_ADMIN_USER": ADMIN_USER,
@@ -178,8 +183,18 @@ def start_live_server(logdir: Path) -> LiveServer:
     worker = start("worker", [str(VENV_BIN / "celery"), "-A", "project", "worker", "-Q", f"node.{node}",
                               "-n", f"berth@{node}", "--concurrency", "2", "--loglevel", "INFO"], logdir, env)
     port = free_port()
-    daphne = start("daphne", [str(VENV_BIN / "daphne"), "-b", "127.0.0.1", "-p", str(port),
+    sock = logdir / "daphne.sock"
+    if sock.exists():
+        sock.unlink()
+    daphne = start("daphne", [str(VENV_BIN / "daphne"), "-u", str(sock), "--proxy-headers",
                               "project.asgi:application"], logdir, env)
-    server = LiveServer(url=f"http://127.0.0.1:{port}", port=port, token=token, processes=[worker, daphne], env=env)
+    wait_for(sock.exists, 30, "daphne's socket", daphne.popen)
+    data_dir = Path(env.get("BERTH_DATA_DIR") or ROOT / "var")
+    docker_socket = logdir / "docker.sock"
+    front = start("front", [sys.executable, str(ROOT / "project" / "front.py"), "--listen", f"127.0.0.1:{port}",
+                            "--listen", f"unix:{docker_socket}", "--upstream", str(sock),
+                            "--secret-file", str(data_dir / "front_secret")], logdir, env)
+    server = LiveServer(url=f"http://127.0.0.1:{port}", port=port, token=token, processes=[worker, daphne, front],
+                        env=env, docker_socket=str(docker_socket))
     wait_for(lambda: server.request("GET", "/_ping", token=False)[0] == 401, 30, "daphne", daphne.popen)
     return server
