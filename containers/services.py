@@ -312,7 +312,8 @@ def exec_create(container_id: str, body: dict, *, user=None) -> str:
     container = Container.objects.get(container_id=container_id)
     ExecSession.objects.create(exec_id=exec_id, container=container, cmd=list(body["Cmd"]),
                                tty=bool(body.get("Tty")), user=user if user and user.is_authenticated else None,
-                               spec={k: body.get(k) for k in ("Cmd", "Env", "User", "WorkingDir", "Tty")})
+                               spec={k: body.get(k) for k in ("Cmd", "Env", "User", "WorkingDir", "Tty",
+                                                              "AttachStdin", "Privileged")})
     return exec_id
 
 

@@ -65,3 +65,16 @@ def restart_by_policy(container_id: str) -> dict:
 @shared_task
 def exec_run(container_id: str, cmd: list, user: str, workdir: str, env: list, user_id: int | None) -> dict:
     return nodes.wrap_result(services.do_exec_run, container_id, cmd, user, workdir, env, user_id)
+
+
+HIJACK_ACTIONS = ("init", "exec_session")
+
+
+@shared_task
+def hijack(action: str, *args) -> dict:
+    """The worker's side of the Docker API's hijacked streams (project/dockerapi/hijack.py do_*)."""
+    from project.dockerapi import hijack as views
+
+    if action not in HIJACK_ACTIONS:
+        raise ValueError(f"unknown hijack action {action!r}")
+    return nodes.wrap_result(getattr(views, f"do_{action}"), *args)

@@ -6,7 +6,7 @@ from django.urls import path, re_path
 from containers import dockerapi as containers_api
 from images import dockerapi as images_api
 
-from . import system
+from . import hijack, system
 
 app_name = "docker"
 
@@ -17,6 +17,8 @@ urlpatterns = [
     path("auth", images_api.auth, name="auth"),
     # Images. Names may hold slashes and colons (127.0.0.1:5000/team/app:v2), so the fixed
     # paths come first and the name patterns end with the action.
+    path("build", images_api.build, name="build"),
+    path("build/prune", images_api.build_prune, name="build_prune"),
     path("images/json", images_api.image_list, name="image_list"),
     path("images/create", images_api.image_create, name="image_create"),
     path("images/search", images_api.image_search, name="image_search"),
@@ -49,13 +51,20 @@ urlpatterns = [
     path("containers/<str:name>/export", containers_api.container_export, name="container_export"),
     path("containers/<str:name>/archive", containers_api.container_archive, name="container_archive"),
     path("containers/<str:name>/exec", containers_api.exec_create, name="exec_create"),
+    path("containers/<str:name>/resize", hijack.container_resize, name="container_resize"),
     path("containers/<str:name>", containers_api.container_delete, name="container_delete"),
     path("exec/<str:exec_id>/start", containers_api.exec_start, name="exec_start"),
     path("exec/<str:exec_id>/json", containers_api.exec_inspect, name="exec_inspect"),
+    path("exec/<str:exec_id>/resize", hijack.exec_resize, name="exec_resize"),
     path("commit", containers_api.commit, name="commit"),
     # Volumes.
     path("volumes", containers_api.volume_list, name="volume_list"),
     path("volumes/create", containers_api.volume_create, name="volume_create"),
     path("volumes/prune", containers_api.volume_prune, name="volume_prune"),
     path("volumes/<str:name>", containers_api.volume_detail, name="volume_detail"),
+    # The front listener's internal calls (project/front.py): refused without its secret header,
+    # and the front refuses /_berth/ from clients.
+    path("_berth/hijack/preflight", hijack.preflight, name="hijack_preflight"),
+    path("_berth/hijack/exec-start", hijack.exec_start, name="hijack_exec_start"),
+    path("_berth/hijack/exec-finish", hijack.exec_finish, name="hijack_exec_finish"),
 ]
