@@ -337,3 +337,63 @@ def volume_detail(request, name: str):
 def volume_prune(request):
     require_perm(request, "containers.delete_volume")
     return json_response(services.volume_prune(query_filters(request), request=request))
+
+
+#
+# Networks (docker network create / ls / inspect / rm / connect / disconnect / prune)
+#
+
+def networks():
+    return get_engine().networks
+
+
+@docker_endpoint("GET")
+def network_list(request):
+    return json_response(networks().list(query_filters(request)))
+
+
+@docker_endpoint("POST")
+def network_create(request):
+    """``POST /networks/create``: 201 {"Id", "Warning"}."""
+    require_perm(request, "containers.add_container")
+    body = json_body(request)
+    if not body.get("Name"):
+        raise ApiError("network name is required")
+    if body.get("Driver") not in (None, "", "bridge"):
+        raise ApiError(f"network driver {body['Driver']!r} is not supported: only bridge", 400)
+    config = ((body.get("IPAM") or {}).get("Config") or [{}])[0] or {}
+    network = services.network_action("create", body["Name"], config.get("Subnet"), config.get("Gateway"),
+                                      bool(body.get("Internal")), body.get("Labels") or {}, request=request)
+    return json_response({"Id": network["Id"], "Warning": ""}, status=201)
+
+
+@docker_endpoint("GET", "DELETE")
+def network_detail(request, name: str):
+    if request.method == "DELETE":
+        require_perm(request, "containers.delete_container")
+        services.network_action("remove", name, request=request)
+        return HttpResponse(status=204)
+    return json_response(networks().get(name))
+
+
+@docker_endpoint("POST")
+def network_connect(request, name: str):
+    require_perm(request, "containers.change_container")
+    body = json_body(request)
+    aliases = ((body.get("EndpointConfig") or {}).get("Aliases")) or []
+    services.network_action("connect", name, body.get("Container", ""), list(aliases), request=request)
+    return HttpResponse(status=200)
+
+
+@docker_endpoint("POST")
+def network_disconnect(request, name: str):
+    require_perm(request, "containers.change_container")
+    body = json_body(request)
+    services.network_action("disconnect", name, body.get("Container", ""), bool(body.get("Force")), request=request)
+    return HttpResponse(status=200)
+
+
+@docker_endpoint("POST")
+def network_prune(request):
+    require_perm(request, "containers.delete_container")
+    return json_response(services.network_action("prune", query_filters(request), request=request))

@@ -486,3 +486,96 @@ def volume_prune(filters: dict | None = None, *, request=None) -> dict:
     answer = nodes.call(tasks.volume_prune, filters)
     audit.record(request, "volume.prune", None, deleted=len(answer.get("VolumesDeleted") or []))
     return answer
+
+
+#
+# Terminal sessions (the browser terminal)
+#
+
+def do_exec_session(container_id: str, cmd: list[str], user: str, workdir: str, rows: int, cols: int) -> dict:
+    return engine_containers().exec_session(container_id, cmd, user=user, workdir=workdir, tty=True, stdin=True,
+                                            rows=rows, cols=cols)
+
+
+def exec_session_create(container_id: str, cmd: list[str], *, user=None, user_name: str = "", workdir: str = "",
+                        rows: int = 24, cols: int = 80) -> dict:
+    """Start an interactive exec session in the worker (it waits for a viewer to attach); record it."""
+    from . import tasks
+
+    record = engine_containers().get(container_id)
+    info = nodes.call(tasks.exec_session, record.id, cmd, user_name, workdir, rows, cols)
+    container = Container.objects.filter(container_id=record.id).first() or sync_container(record)
+    ExecSession.objects.create(exec_id=info["exec_id"], container=container, cmd=cmd, tty=True, started=True,
+                               user=user if user is not None and user.is_authenticated else None,
+                               spec={"Cmd": cmd, "User": user_name, "WorkingDir": workdir, "Tty": True,
+                                     "runtime_id": info["exec_id"], "terminal": True})
+    audit_terminal(user, record.id, "exec", cmd)
+    return info
+
+
+def audit_terminal(user, container_id: str, kind: str, cmd: list[str]) -> None:
+    """Every terminal session is in the audit log: who, which container, what command, when."""
+    from project.models import AuditEvent
+
+    AuditEvent.objects.create(user=user if user is not None and user.is_authenticated else None,
+                              action=f"terminal.{kind}", object_type="container", object_id=container_id,
+                              detail={"cmd": cmd})
+
+
+def terminal_exit_code(session) -> int | None:
+    if session.kind != "exec":
+        return None
+    try:
+        return engine_containers().exec_session_inspect(session.key).get("exit_code")
+    except Exception:
+        return None
+
+
+async def exec_session_ended(session) -> None:
+    """Record the end of an exec session (exit code, time) and close its audit trail."""
+    from asgiref.sync import sync_to_async
+
+    await sync_to_async(_record_exec_end)(session.key)
+
+
+def _record_exec_end(exec_id: str) -> None:
+    from project.models import AuditEvent
+
+    code = None
+    for _ in range(20):  # conmon writes the exit file just after the last output
+        try:
+            code = engine_containers().exec_session_inspect(exec_id).get("exit_code")
+        except Exception:
+            break
+        if code is not None:
+            break
+        time.sleep(0.05)
+    ExecSession.objects.filter(exec_id=exec_id).update(exit_code=code, finished_at=timezone.now())
+    session = ExecSession.objects.select_related("container").filter(exec_id=exec_id).first()
+    if session is not None:
+        AuditEvent.objects.create(user=session.user, action="terminal.exec.end", object_type="container",
+                                  object_id=session.container.container_id, detail={"exit_code": code})
+
+
+#
+# Networks: every change in the worker
+#
+
+NETWORK_ACTIONS = ("create", "remove", "connect", "disconnect", "prune")
+
+
+def do_network_action(action: str, *args):
+    if action not in NETWORK_ACTIONS:
+        raise ValueError(f"unknown network action {action!r}")
+    answer = getattr(get_engine().networks, action)(*args)
+    realtime.publish(realtime.EVENTS_GROUP, {"type": "network.changed", "action": action})
+    return answer
+
+
+def network_action(action: str, *args, request=None):
+    """``docker network create/rm/connect/disconnect/prune`` through the worker."""
+    from . import tasks
+
+    answer = nodes.call(tasks.network_action, action, *args)
+    audit.record(request, f"network.{action}", None, args=[a for a in args if isinstance(a, (str, bool))])
+    return answer

@@ -78,3 +78,13 @@ def hijack(action: str, *args) -> dict:
     if action not in HIJACK_ACTIONS:
         raise ValueError(f"unknown hijack action {action!r}")
     return nodes.wrap_result(getattr(views, f"do_{action}"), *args)
+
+
+@shared_task
+def exec_session(container_id: str, cmd: list, user: str, workdir: str, rows: int, cols: int) -> dict:
+    return nodes.wrap_result(services.do_exec_session, container_id, cmd, user, workdir, rows, cols)
+
+
+@shared_task
+def network_action(action: str, *args) -> dict:
+    return nodes.wrap_result(services.do_network_action, action, *args)

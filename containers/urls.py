@@ -14,5 +14,6 @@ urlpatterns = [
     path("<str:name>/download/", views.container_download, name="container_download"),
     path("<str:name>/upload/", views.container_upload, name="container_upload"),
     path("<str:name>/exec/", views.container_exec, name="container_exec"),
+    path("<str:name>/terminal/", views.container_terminal, name="container_terminal"),
     path("<str:name>/<str:action>/", views.container_action, name="container_action"),
 ]

@@ -203,3 +203,19 @@ def container_exec(request, name: str):
     return render(request, "containers/container_detail.html", {
         "container": container, "tab": "exec", "exec_form": form, "exec_result": result, "inspect": inspect,
     })
+
+
+def container_terminal(request, name: str):
+    """The browser terminal: exec a shell (or a command) or attach to the container's TTY."""
+    container = _get(name)
+    if not request.user.has_perm("containers.exec_container"):
+        messages.error(request, "Only operators and admins may open a terminal.")
+        return redirect(container)
+    mode = request.GET.get("mode", "exec")
+    if mode not in ("exec", "attach"):
+        raise Http404(mode)
+    return render(request, "containers/container_terminal.html", {
+        "container": container, "mode": mode, "cmd": request.GET.get("cmd", ""),
+        "user_name": request.GET.get("user", ""), "workdir": request.GET.get("workdir", ""),
+        "readonly": request.GET.get("readonly") == "1",
+    })

@@ -9,4 +9,6 @@ websocket_urlpatterns = [
     path("ws/jobs/<int:pk>", consumers.JobConsumer.as_asgi()),
     path("ws/containers/<str:container_id>/logs", container_consumers.ContainerLogsConsumer.as_asgi()),
     path("ws/containers/<str:container_id>/stats", container_consumers.ContainerStatsConsumer.as_asgi()),
+    path("ws/containers/<str:container_id>/exec", container_consumers.TerminalConsumer.as_asgi()),
+    path("ws/containers/<str:container_id>/attach", container_consumers.AttachTerminalConsumer.as_asgi()),
 ]

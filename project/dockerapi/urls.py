@@ -57,6 +57,13 @@ urlpatterns = [
     path("exec/<str:exec_id>/json", containers_api.exec_inspect, name="exec_inspect"),
     path("exec/<str:exec_id>/resize", hijack.exec_resize, name="exec_resize"),
     path("commit", containers_api.commit, name="commit"),
+    # Networks.
+    path("networks", containers_api.network_list, name="network_list"),
+    path("networks/create", containers_api.network_create, name="network_create"),
+    path("networks/prune", containers_api.network_prune, name="network_prune"),
+    path("networks/<str:name>/connect", containers_api.network_connect, name="network_connect"),
+    path("networks/<str:name>/disconnect", containers_api.network_disconnect, name="network_disconnect"),
+    path("networks/<str:name>", containers_api.network_detail, name="network_detail"),
     # Volumes.
     path("volumes", containers_api.volume_list, name="volume_list"),
     path("volumes/create", containers_api.volume_create, name="volume_create"),

@@ -1,0 +1,95 @@
+"""Networks through the real docker CLI: published ports, user networks by name, links, isolation."""
+
+import json
+import socket
+import subprocess
+import time
+import urllib.request
+import uuid
+
+import pytest
+
+pytestmark = pytest.mark.live
+
+SERVE = "mkdir -p /www && echo \"hello from $(hostname)\" > /www/index.html && exec httpd -f -p 80 -h /www"
+
+
+@pytest.fixture
+def docker(berth, tmp_path):
+    env = berth.docker_env(tmp_path / "docker")
+
+    def run(*args, timeout=90, check=True):
+        result = subprocess.run(["docker", *args], env=env, capture_output=True, text=True, timeout=timeout)
+        if check:
+            assert result.returncode == 0, f"docker {' '.join(args)}: {result.stderr}\n{berth.logs()}"
+        return result
+
+    return run
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def fetch(url: str, timeout: float = 15) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return urllib.request.urlopen(url, timeout=2).read().decode()
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def output_of(docker, name, timeout=30) -> str:
+    docker("wait", name, timeout=timeout)
+    out = docker("logs", name)
+    return out.stdout + out.stderr
+
+
+def test_a_published_port_answers_and_a_taken_one_is_refused(docker):
+    tag = uuid.uuid4().hex[:6]
+    port = free_port()
+    docker("run", "-d", "--name", f"web-{tag}", "-p", f"127.0.0.1:{port}:80", "busybox", "sh", "-c", SERVE)
+    assert "hello from" in fetch(f"http://127.0.0.1:{port}/")
+    assert f"127.0.0.1:{port}->80/tcp" in docker("ps", "--format", "{{.Ports}}", "--filter", f"name=web-{tag}").stdout
+    assert docker("port", f"web-{tag}", "80").stdout.strip() == f"127.0.0.1:{port}"
+    taken = docker("run", "-d", "--name", f"web2-{tag}", "-p", f"127.0.0.1:{port}:80", "busybox", "sh", "-c", SERVE,
+                   check=False)
+    assert taken.returncode != 0 and ("already allocated" in taken.stderr or "in use" in taken.stderr), taken.stderr
+    docker("rm", "-f", f"web-{tag}", f"web2-{tag}", check=False)
+
+
+def test_user_networks_resolve_names_and_stay_apart(docker):
+    tag = uuid.uuid4().hex[:6]
+    net, other = f"net-{tag}", f"other-{tag}"
+    docker("network", "create", net)
+    docker("network", "create", other)
+    assert net in docker("network", "ls", "--format", "{{.Name}}").stdout
+    docker("run", "-d", "--name", f"srv-{tag}", "--network", net, "busybox", "sh", "-c", SERVE)
+    time.sleep(0.5)
+    docker("run", "-d", "--name", f"cli-{tag}", "--network", net, "busybox", "sh", "-c",
+           f"timeout 10 wget -qO- http://srv-{tag}/")
+    assert "hello from" in output_of(docker, f"cli-{tag}")
+    docker("run", "-d", "--name", f"far-{tag}", "--network", other, "busybox", "sh", "-c",
+           f"timeout 5 wget -qO- http://srv-{tag}/ || echo unreachable")
+    assert "unreachable" in output_of(docker, f"far-{tag}")
+    inspect = json.loads(docker("network", "inspect", net).stdout)[0]
+    assert inspect["Name"] == net and any(c["Name"] == f"srv-{tag}" for c in inspect["Containers"].values())
+    docker("rm", "-f", f"srv-{tag}", f"cli-{tag}", f"far-{tag}")
+    docker("network", "rm", net, other)
+    assert net not in docker("network", "ls", "--format", "{{.Name}}").stdout
+
+
+def test_link_writes_hosts_and_link_variables(docker):
+    tag = uuid.uuid4().hex[:6]
+    docker("run", "-d", "--name", f"db-{tag}", "--expose", "5432", "busybox", "sleep", "300")
+    docker("run", "-d", "--name", f"app-{tag}", "--link", f"db-{tag}:database", "busybox", "sh", "-c",
+           "cat /etc/hosts; env | sort")
+    out = output_of(docker, f"app-{tag}")
+    assert "database" in out
+    assert "DATABASE_PORT_5432_TCP=tcp://" in out
+    docker("rm", "-f", f"db-{tag}", f"app-{tag}")
