@@ -1,20 +1,28 @@
 """The exit watcher: a thread in the worker that notices containers exiting on their own.
 
-conmon writes each container's exit file; the engine's ``get(id)`` reads it. Twice a second the
-watcher looks at the containers the models think are active, and hands each one the engine says
-has stopped to ``services.handle_exit`` (record the exit code, apply the restart policy, --rm).
+conmon writes each container's exit file (``<root>/containers/<id>/exits/<id>``); the engine's
+``get(id)`` reads it. The watcher sleeps on inotify over every container's exits directory and the
+containers directory itself (a new container), so an exit wakes it at once; it also looks every
+INTERVAL seconds in any case. Each pass looks at the containers the models think are active, and
+hands each one the engine says has stopped to ``services.handle_exit`` (record the exit code, apply
+the restart policy, --rm).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 
 from django.db import close_old_connections
 
+from runtime.monitor import IN_CLOSE_WRITE, IN_CREATE, IN_MOVED_TO, FileWatch
+
 logger = logging.getLogger(__name__)
 
 INTERVAL = 0.5
+# When a new container's exits directory was not made yet, look again this soon.
+RETRY = 0.02
 _watcher: "ExitWatcher | None" = None
 
 
@@ -22,29 +30,58 @@ class ExitWatcher(threading.Thread):
     def __init__(self):
         super().__init__(name="berth-exit-watcher", daemon=True)
         self.stopping = threading.Event()
+        self._watch: FileWatch | None = None
+        self._watched: frozenset[str] = frozenset()
 
     def run(self) -> None:
         from . import services
 
-        while not self.stopping.wait(INTERVAL):
+        try:
+            while not self.stopping.is_set():
+                timeout = INTERVAL
+                try:
+                    engine = services.engine_containers()
+                    # Watched before the models are read: an exit from now on wakes the next wait.
+                    if not self._rewatch(engine):
+                        timeout = RETRY
+                    self._pass(services, engine)
+                except Exception:
+                    logger.exception("exit watcher pass failed")
+                if self._watch is not None:
+                    self._watch.wait(timeout)
+                else:
+                    self.stopping.wait(timeout)
+        finally:
+            if self._watch is not None:
+                self._watch.close()
+
+    def _rewatch(self, engine) -> bool:
+        """Watch the exits directory of every container (new ones included); False if one was not
+        made yet (a container being created), so the caller looks again soon."""
+        ids = frozenset(engine._ids())
+        if ids == self._watched and self._watch is not None:
+            return True
+        exit_dirs = {cid: os.path.dirname(engine._exit_file(cid)) for cid in ids}
+        ready = frozenset(cid for cid, path in exit_dirs.items() if os.path.isdir(path))
+        watch = FileWatch([(engine.root, IN_CREATE | IN_MOVED_TO)]
+                          + [(exit_dirs[cid], IN_CLOSE_WRITE | IN_MOVED_TO) for cid in ready])
+        if self._watch is not None:
+            self._watch.close()
+        self._watch, self._watched = watch, ready
+        return ready == ids
+
+    def _pass(self, services, engine) -> None:
+        close_old_connections()
+        for container in list(services.active_containers()):
             try:
-                close_old_connections()
-                active = list(services.active_containers())
-                if not active:
-                    continue
-                engine = services.engine_containers()
-                for container in active:
-                    try:
-                        # get() records an exit it finds; so may any reader (docker ps): compare
-                        # the engine's state with the model's, not "has it exited since".
-                        record = engine.get(container.container_id)
-                    except Exception:
-                        services.forget_container(container.container_id)
-                        continue
-                    if not record.running:
-                        services.handle_exit(record.id)
+                # get() records an exit it finds; so may any reader (docker ps): compare
+                # the engine's state with the model's, not "has it exited since".
+                record = engine.get(container.container_id)
             except Exception:
-                logger.exception("exit watcher pass failed")
+                services.forget_container(container.container_id)
+                continue
+            if not record.running:
+                services.handle_exit(record.id)
 
 
 def start_watcher() -> None:
