@@ -6,7 +6,7 @@ from django.urls import path, re_path
 from containers import dockerapi as containers_api
 from images import dockerapi as images_api
 
-from . import hijack, system
+from . import events, hijack, system
 
 app_name = "docker"
 
@@ -14,6 +14,7 @@ urlpatterns = [
     path("_ping", system.ping, name="ping"),
     path("version", system.version, name="version"),
     path("info", system.info, name="info"),
+    path("events", events.events, name="events"),
     path("auth", images_api.auth, name="auth"),
     # Images. Names may hold slashes and colons (127.0.0.1:5000/team/app:v2), so the fixed
     # paths come first and the name patterns end with the action.
