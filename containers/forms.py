@@ -30,7 +30,12 @@ class RunForm(forms.Form):
     pids_limit = forms.IntegerField(min_value=0, required=False)
     cap_add = forms.CharField(max_length=1024, required=False, help_text="e.g. NET_ADMIN SYS_TIME")
     cap_drop = forms.CharField(max_length=1024, required=False, help_text="e.g. ALL")
-    network = forms.ChoiceField(choices=(("bridge", "bridge"), ("none", "none"), ("host", "host")), initial="bridge")
+    network = forms.CharField(max_length=255, initial="bridge", help_text="bridge, none, host, or a network's name",
+                              widget=forms.TextInput(attrs={"list": "networks"}))
+    extra_hosts = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2}),
+                                  help_text="--add-host name:ip, one per line")
+    dns = forms.CharField(max_length=1024, required=False, help_text="--dns servers, space separated")
+    links = forms.CharField(max_length=1024, required=False, help_text="--link name:alias, space separated")
     read_only = forms.BooleanField(required=False, label="Read-only root filesystem")
     tty = forms.BooleanField(required=False, label="-t (TTY)")
     interactive = forms.BooleanField(required=False, label="-i (keep stdin open)")
@@ -89,3 +94,12 @@ class ExecForm(forms.Form):
         if not words:
             raise forms.ValidationError("the command is empty")
         return words
+
+
+class NetworkForm(forms.Form):
+    """``docker network create``."""
+
+    name = forms.CharField(max_length=255)
+    subnet = forms.CharField(max_length=64, required=False, help_text="e.g. 10.91.0.0/24 (chosen when empty)")
+    gateway = forms.CharField(max_length=64, required=False)
+    internal = forms.BooleanField(required=False, help_text="no route out of the network")

@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from .choices import ACTIVE_STATES, ContainerStateChoices
 
-__all__ = ("Container", "ExecSession", "Volume")
+__all__ = ("Container", "ExecSession", "Network", "Volume")
 
 
 class Container(models.Model):
@@ -104,3 +104,27 @@ class Volume(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class Network(models.Model):
+    """A container network (``docker network``): Docker's default ``bridge`` and user-defined ones."""
+
+    network_id = models.CharField(max_length=64)
+    name = models.CharField(max_length=255)
+    node = models.CharField(max_length=255)
+    driver = models.CharField(max_length=32, default="bridge")
+    subnet = models.CharField(max_length=64, blank=True)
+    gateway = models.CharField(max_length=64, blank=True)
+    internal = models.BooleanField(default=False)
+    labels = models.JSONField(default=dict, blank=True)
+    created = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ("name",)
+        constraints = (models.UniqueConstraint(fields=("node", "name"), name="network_node_name_unique"),)
+
+    def __str__(self) -> str:
+        return self.name
+
+    def get_absolute_url(self) -> str:
+        return reverse("networks:network_detail", args=[self.name])

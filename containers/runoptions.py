@@ -197,6 +197,9 @@ def from_form(data: dict) -> dict:
             "RestartPolicy": parse_restart(data.get("restart", "no")),
             "AutoRemove": data.get("auto_remove", False),
             "PortBindings": bindings,
+            "ExtraHosts": [h.strip() for h in data.get("extra_hosts", "").splitlines() if h.strip()],
+            "Dns": data.get("dns", "").split(),
+            "Links": data.get("links", "").split(),
         },
     }
     return from_docker(body, data.get("name", ""))

@@ -568,8 +568,26 @@ def do_network_action(action: str, *args):
     if action not in NETWORK_ACTIONS:
         raise ValueError(f"unknown network action {action!r}")
     answer = getattr(get_engine().networks, action)(*args)
+    reconcile_networks()
     realtime.publish(realtime.EVENTS_GROUP, {"type": "network.changed", "action": action})
     return answer
+
+
+def reconcile_networks() -> dict:
+    """The Network rows follow the engine's networks (run at worker start and after each change)."""
+    from .models import Network
+
+    seen = []
+    for doc in get_engine().networks.list():
+        config = ((doc.get("IPAM") or {}).get("Config") or [{}])[0] or {}
+        Network.objects.update_or_create(node=settings.NODE_NAME, name=doc["Name"], defaults={
+            "network_id": doc.get("Id", ""), "driver": doc.get("Driver", "bridge"),
+            "subnet": config.get("Subnet", ""), "gateway": config.get("Gateway", ""),
+            "internal": bool(doc.get("Internal")), "labels": doc.get("Labels") or {},
+        })
+        seen.append(doc["Name"])
+    Network.objects.filter(node=settings.NODE_NAME).exclude(name__in=seen).delete()
+    return {"networks": len(seen)}
 
 
 def network_action(action: str, *args, request=None):

@@ -57,7 +57,7 @@ def container_detail(request, name: str):
     engine = services.engine_containers()
     tab = request.GET.get("tab", "overview")
     context = {"container": container, "tab": tab, "commit_form": CommitForm(), "rename_form": RenameForm(),
-               "exec_form": ExecForm()}
+               "exec_form": ExecForm(), "public_host": request.get_host().rsplit(":", 1)[0].strip("[]")}
     try:
         inspect = engine.inspect(container.container_id)
     except NotFound:
@@ -219,3 +219,55 @@ def container_terminal(request, name: str):
         "user_name": request.GET.get("user", ""), "workdir": request.GET.get("workdir", ""),
         "readonly": request.GET.get("readonly") == "1",
     })
+
+
+
+#
+# Networks
+#
+
+def network_list(request):
+    """``docker network ls``, and the create form."""
+    from .forms import NetworkForm
+    from .models import Network
+
+    form = NetworkForm(request.POST or None)
+    if request.method == "POST":
+        if not request.user.has_perm("containers.add_container"):
+            messages.error(request, "You may not create networks.")
+        elif form.is_valid():
+            data = form.cleaned_data
+            try:
+                services.network_action("create", data["name"], data["subnet"] or None, data["gateway"] or None,
+                                        data["internal"], {}, request=request)
+                messages.success(request, f"Network {data['name']} created.")
+                return redirect("networks:network_detail", data["name"])
+            except EngineError as e:
+                form.add_error(None, str(e))
+    networks = Network.objects.filter(node=settings.NODE_NAME)
+    return render(request, "containers/network_list.html", {"networks": networks, "form": form})
+
+
+def network_detail(request, name: str):
+    """A network: its subnet, gateway and containers with their addresses."""
+    from .models import Network
+
+    try:
+        doc = services.get_engine().networks.get(name)
+    except NotFound:
+        raise Http404(f"No such network: {name}") from None
+    network = Network.objects.filter(node=settings.NODE_NAME, name=doc["Name"]).first()
+    members = sorted(doc.get("Containers", {}).values(), key=lambda c: c.get("Name", ""))
+    return render(request, "containers/network_detail.html", {"doc": doc, "network": network, "members": members})
+
+
+@require_POST
+@permission_required("containers.delete_container", raise_exception=True)
+def network_remove(request, name: str):
+    try:
+        services.network_action("remove", name, request=request)
+        messages.success(request, f"Network {name} removed.")
+    except EngineError as e:
+        messages.error(request, f"Cannot remove {name}: {e}")
+        return redirect("networks:network_detail", name)
+    return redirect("networks:network_list")

@@ -40,12 +40,13 @@ def worker_started() -> None:
             services = importlib.import_module(f"{label}.services")
         except ModuleNotFoundError:
             continue
-        reconcile = getattr(services, f"reconcile_{label}", None)
-        if reconcile is not None:
-            try:
-                logger.info("reconcile %s: %s", label, reconcile())
-            except Exception:
-                logger.exception("reconcile of %s failed", label)
+        for name in (f"reconcile_{label}", "reconcile_networks" if label == "containers" else ""):
+            reconcile = getattr(services, name, None) if name else None
+            if reconcile is not None:
+                try:
+                    logger.info("%s: %s", name, reconcile())
+                except Exception:
+                    logger.exception("%s failed", name)
     from containers.watcher import start_watcher
 
     start_watcher()

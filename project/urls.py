@@ -21,6 +21,7 @@ urlpatterns = [
     path("jobs/<int:pk>/download", views.job_download, name="job_download"),
     path("images/", include("images.urls")),
     path("containers/", include("containers.urls")),
+    path("networks/", include("containers.urls_networks")),
     # The Docker Engine API: versioned, and unversioned for the first calls of a client.
     re_path(r"^v(?P<version>\d+\.\d+)/", include("project.dockerapi.urls")),
     path("", include("project.dockerapi.urls", namespace="docker-unversioned")),
