@@ -265,7 +265,8 @@ def build(request):
         path, tags=request.GET.getlist("t"), dockerfile=request.GET.get("dockerfile") or "Dockerfile",
         build_args=_json_param(request, "buildargs"), target=request.GET.get("target", ""),
         no_cache=query_bool(request, "nocache"), pull=query_bool(request, "pull"),
-        labels=_json_param(request, "labels"), user=request.user, request=request)
+        labels=_json_param(request, "labels"), network_mode=request.GET.get("networkmode") or "",
+        user=request.user, request=request)
     response = StreamingHttpResponse(job_stream(job.pk), content_type="application/json")
     response["X-Berth-Job"] = str(job.pk)
     return response

@@ -115,14 +115,14 @@ def login(registry: str, username: str, password: str, *, save: bool = False, re
 
 def request_build(path: str, *, tags=(), dockerfile: str = "Dockerfile", build_args: dict | None = None,
                   target: str = "", no_cache: bool = False, pull: bool = False, labels: dict | None = None,
-                  user=None, request=None):
+                  network_mode: str = "", user=None, request=None):
     """Queue ``docker build`` of a staged context tar; return the Job."""
     from . import tasks
 
     tags = [parse_reference(t).familiar for t in tags]
     job = create_job(JobKindChoices.BUILD, ", ".join(tags) or "<untagged>", user, path=path, tags=tags,
                      dockerfile=dockerfile or "Dockerfile", build_args=build_args or {}, stage=target,
-                     no_cache=no_cache, pull=pull, labels=labels or {})
+                     no_cache=no_cache, pull=pull, labels=labels or {}, network_mode=network_mode or "")
     audit.record(request, "image.build", job, tags=tags)
     transaction.on_commit(lambda: tasks.build_image.apply_async((job.pk,), queue=nodes.node_queue()))
     return job
@@ -141,12 +141,18 @@ def build_image(job_id: int) -> None:
                 record = build(get_engine(), context, dockerfile=params["dockerfile"], tags=params["tags"],
                                build_args=params["build_args"], target=params["stage"] or None,
                                no_cache=params["no_cache"], pull=params["pull"], labels=params["labels"],
-                               progress=run.emit, cancelled=run.cancelled)
+                               progress=run.emit, cancelled=run.cancelled,
+                               network_mode=_build_network(params.get("network_mode")))
         finally:
             _unlink(params["path"])
         reconcile_images()
         image = sync_image(record, job=run.job)
         run.set_result({"image": record.id, "tags": record.repo_tags, "url": image.get_absolute_url()})
+
+
+def _build_network(mode: str | None) -> str:
+    """``docker build --network``: Docker's "default" (or nothing) is the default bridge."""
+    return "bridge" if not mode or mode == "default" else mode
 
 
 def prune_build_cache(*, request=None) -> dict:

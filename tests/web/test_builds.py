@@ -61,6 +61,14 @@ def test_docker_build_then_cached_rebuild_then_run(docker, tmp_path):
     docker("rm", name)
 
 
+def test_build_network_none_runs_without_interfaces(docker, tmp_path):
+    context = tmp_path / "ctx"
+    context.mkdir()
+    (context / "Dockerfile").write_text("FROM busybox\nRUN echo interfaces: $(ls /sys/class/net)\n")
+    out = docker("build", "--network", "none", str(context)).stdout
+    assert "interfaces: lo\n" in out
+
+
 def test_a_failing_run_fails_the_build_with_its_code(docker, tmp_path):
     context = tmp_path / "ctx"
     context.mkdir()
