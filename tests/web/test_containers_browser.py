@@ -38,6 +38,10 @@ def test_run_a_container_from_the_form_and_follow_it(logged_in_page, tmp_path):
     expect(page.locator("#exec-output")).to_contain_text("blue")
     expect(page.locator("#exec-output")).to_contain_text("No such file or directory")
     expect(page.locator("#exec-exit")).to_have_text("4")
+    # The image page lists the containers that use it.
+    page.goto("/images/busybox/")
+    expect(page.locator("#image-containers")).to_contain_text(name)
+    page.goto(f"/containers/{name}/")
     # Stop it from the page: the state changes to Exited (0).
     page.click(".tabs >> text=Overview")
     page.get_by_role("button", name="Stop").click()
