@@ -17,7 +17,7 @@ from django.db import transaction
 from project import audit, nodes, realtime
 from project.choices import JobKindChoices
 from project.engine import get_engine
-from project.jobs import JobRun, create_job
+from project.jobs import JobRun, enqueue_job
 from runtime.errors import InvalidArgument
 from runtime.images import ImageRecord
 from runtime.reference import parse_reference
@@ -40,11 +40,9 @@ def request_pull(reference: str, user=None, request=None, credentials: tuple[str
     from . import tasks
 
     ref = parse_reference(reference.strip())
-    job = create_job(JobKindChoices.PULL, ref.familiar, user, reference=ref.full)
-    audit.record(request, "image.pull", job, reference=ref.familiar)
-    kwargs = {"credentials": list(credentials)} if credentials else {}
-    transaction.on_commit(lambda: tasks.pull_image.apply_async((job.pk,), kwargs, queue=nodes.node_queue()))
-    return job
+    return enqueue_job(tasks.pull_image, JobKindChoices.PULL, ref.familiar, user=user, request=request,
+                       audit_action="image.pull", audit_detail={"reference": ref.familiar},
+                       task_kwargs={"credentials": list(credentials)} if credentials else None, reference=ref.full)
 
 
 def registry_credentials(registry: str) -> tuple[str, str] | None:
@@ -76,11 +74,9 @@ def request_push(reference: str, user=None, request=None, credentials: tuple[str
 
     ref = parse_reference(reference.strip())
     get_engine().images.resolve(ref.familiar)
-    job = create_job(JobKindChoices.PUSH, ref.familiar, user, reference=ref.full)
-    audit.record(request, "image.push", job, reference=ref.familiar)
-    kwargs = {"credentials": list(credentials)} if credentials else {}
-    transaction.on_commit(lambda: tasks.push_image.apply_async((job.pk,), kwargs, queue=nodes.node_queue()))
-    return job
+    return enqueue_job(tasks.push_image, JobKindChoices.PUSH, ref.familiar, user=user, request=request,
+                       audit_action="image.push", audit_detail={"reference": ref.familiar},
+                       task_kwargs={"credentials": list(credentials)} if credentials else None, reference=ref.full)
 
 
 def push_image(job_id: int, credentials: tuple[str, str] | None = None) -> None:
@@ -120,12 +116,10 @@ def request_build(path: str, *, tags=(), dockerfile: str = "Dockerfile", build_a
     from . import tasks
 
     tags = [parse_reference(t).familiar for t in tags]
-    job = create_job(JobKindChoices.BUILD, ", ".join(tags) or "<untagged>", user, path=path, tags=tags,
-                     dockerfile=dockerfile or "Dockerfile", build_args=build_args or {}, stage=target,
-                     no_cache=no_cache, pull=pull, labels=labels or {}, network_mode=network_mode or "")
-    audit.record(request, "image.build", job, tags=tags)
-    transaction.on_commit(lambda: tasks.build_image.apply_async((job.pk,), queue=nodes.node_queue()))
-    return job
+    return enqueue_job(tasks.build_image, JobKindChoices.BUILD, ", ".join(tags) or "<untagged>", user=user,
+                       request=request, audit_action="image.build", audit_detail={"tags": tags}, path=path,
+                       tags=tags, dockerfile=dockerfile or "Dockerfile", build_args=build_args or {}, stage=target,
+                       no_cache=no_cache, pull=pull, labels=labels or {}, network_mode=network_mode or "")
 
 
 def build_image(job_id: int) -> None:
@@ -204,11 +198,9 @@ def request_import(path: str, *, reference: str = "", changes: list[str] = (), m
 
     if reference:
         reference = parse_reference(reference).familiar
-    job = create_job(JobKindChoices.IMPORT, reference or "<none>", user, path=path, reference=reference,
-                     changes=list(changes), message=message)
-    audit.record(request, "image.import", job, reference=reference)
-    transaction.on_commit(lambda: tasks.import_image.apply_async((job.pk,), queue=nodes.node_queue()))
-    return job
+    return enqueue_job(tasks.import_image, JobKindChoices.IMPORT, reference or "<none>", user=user, request=request,
+                       audit_action="image.import", audit_detail={"reference": reference}, path=path,
+                       reference=reference, changes=list(changes), message=message)
 
 
 def import_image(job_id: int) -> None:
@@ -233,10 +225,8 @@ def request_load(path: str, *, user=None, request=None):
     """Queue ``docker load`` of a staged archive; return the Job."""
     from . import tasks
 
-    job = create_job(JobKindChoices.LOAD, os.path.basename(path), user, path=path)
-    audit.record(request, "image.load", job)
-    transaction.on_commit(lambda: tasks.load_images.apply_async((job.pk,), queue=nodes.node_queue()))
-    return job
+    return enqueue_job(tasks.load_images, JobKindChoices.LOAD, os.path.basename(path), user=user, request=request,
+                       audit_action="image.load", path=path)
 
 
 def load_images(job_id: int) -> None:
@@ -266,10 +256,8 @@ def request_save(names: list[str], *, user=None, request=None):
         raise InvalidArgument("no image names given")
     for name in names:
         get_engine().images.resolve(name)  # NotFound now, not in the worker
-    job = create_job(JobKindChoices.SAVE, " ".join(names), user, names=names)
-    audit.record(request, "image.save", job, names=names)
-    transaction.on_commit(lambda: tasks.save_images.apply_async((job.pk,), queue=nodes.node_queue()))
-    return job
+    return enqueue_job(tasks.save_images, JobKindChoices.SAVE, " ".join(names), user=user, request=request,
+                       audit_action="image.save", audit_detail={"names": names}, names=names)
 
 
 def save_images(job_id: int) -> None:

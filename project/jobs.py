@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 
+from django.db import transaction
 from django.utils import timezone
 
 from runtime.errors import Cancelled
@@ -37,6 +38,21 @@ def create_job(kind: str, target: str, user=None, **params) -> Job:
     job = Job.objects.create(kind=kind, target=target, user=user if user and user.is_authenticated else None,
                              node=settings.NODE_NAME, params=params)
     realtime.publish_on_commit(realtime.EVENTS_GROUP, state_event(job))
+    return job
+
+
+def enqueue_job(task, kind: str, target: str, *, user=None, request=None, audit_action: str,
+                audit_detail: dict | None = None, task_kwargs: dict | None = None, **params) -> Job:
+    """Create a job, audit it, and queue ``task(job.pk, **task_kwargs)`` on this node once committed.
+
+    ``task_kwargs`` travel with the task only (credentials), never to the database.
+    """
+    from . import audit
+    from .nodes import node_queue
+
+    job = create_job(kind, target, user, **params)
+    audit.record(request, audit_action, job, **(audit_detail or {}))
+    transaction.on_commit(lambda: task.apply_async((job.pk,), task_kwargs or {}, queue=node_queue()))
     return job
 
 
