@@ -42,6 +42,7 @@ import json
 import os
 import re
 import secrets
+import select
 import shlex
 import shutil
 import signal as signals
@@ -56,6 +57,7 @@ from runtime import cgroups
 from runtime import spec as oci_spec
 from runtime.config import RuntimeConfig
 from runtime.errors import AlreadyExists, CommandError, EngineError, InvalidArgument, InvalidState, NotFound
+from runtime.attach import resize_ctl
 from runtime.images import ImageStore
 from runtime.layers import LayerStore
 from runtime.monitor import (
@@ -72,6 +74,7 @@ from runtime.monitor import (
     parse_time_ns,
     process_start_time,
     read_exit_file,
+    read_sync_file,
     wait_for_exit,
 )
 from runtime.oci import Runc
@@ -1138,6 +1141,7 @@ class ContainerStore:
             self._write(record)
             try:
                 self._release(record)
+                self._end_exec_sessions(record.id)
                 for session in self._exec_sessions(record.id):
                     self.conmon.remove_socket_link(self._cuuid(session))
                 if is_mounted(os.path.join(self._dir(record.id), "merged")):
@@ -1363,21 +1367,229 @@ class ContainerStore:
         return _exec_result(proc)
 
     def exec_inspect(self, exec_id: str) -> dict:
-        """A detached exec session: {"id", "container_id", "cmd", "running", "exit_code", "pid", ...}."""
-        for cid in self._ids():
-            path = os.path.join(self._dir(cid), "exec", exec_id, "session.json")
-            try:
-                with open(path, "rb") as f:
-                    session = json.load(f)
-            except FileNotFoundError:
-                continue
-            code = read_exit_file(os.path.join(os.path.dirname(path), "exits", cid))
-            alive = process_start_time(session.get("pid", 0)) == session.get("pid_start")
-            session["exit_code"] = code
-            session["running"] = code is None and alive
-            session["log_path"] = os.path.join(os.path.dirname(path), "log")
-            return session
+        """An exec session: {"id", "container_id", "cmd", "running", "exit_code", "pid", ...}.
+
+        Interactive sessions (``exec_session``) also have "attach": True, "started", "socket",
+        "ctl", "stdin" and, when the process could not start, "error" (exit code 126 or 127).
+        """
+        cid, directory, session = self._find_exec(exec_id)
+        if session.get("attach"):
+            return self._attach_session_state(cid, directory, session)
+        code = read_exit_file(os.path.join(directory, "exits", cid))
+        alive = process_start_time(session.get("pid", 0)) == session.get("pid_start")
+        session["exit_code"] = code
+        session["running"] = code is None and alive
+        session["log_path"] = os.path.join(directory, "log")
+        return session
+
+    def _find_exec(self, exec_id: str) -> tuple[str, str, dict]:
+        """(container id, session dir, session.json) of an exec; NotFound if there is none."""
+        if _ID_RE.match(exec_id or ""):
+            for cid in self._ids():
+                directory = os.path.join(self._dir(cid), "exec", exec_id)
+                try:
+                    with open(os.path.join(directory, "session.json"), "rb") as f:
+                        return cid, directory, json.load(f)
+                except (FileNotFoundError, NotADirectoryError):
+                    continue
         raise NotFound(f"No such exec instance: {exec_id}")
+
+    #
+    # Interactive exec sessions (the browser terminal, docker exec -it): runtime/attach.py
+    #
+
+    def exec_session(self, id_or_name: str, cmd: list[str], *, env=(), user: str = "", workdir: str = "",
+                     tty: bool = True, stdin: bool = True, rows: int = 24, cols: int = 80,
+                     privileged: bool = False) -> dict:
+        """Prepare an exec that clients attach to: conmon ``-e --exec-attach`` (notes §7).
+
+        Returns ``{"exec_id", "socket", "ctl"}`` once conmon serves the attach socket, *before*
+        the process runs. The order: connect to "socket" (runtime.attach), then
+        ``exec_session_start(exec_id)``, from this process or any other; so no output is lost.
+        The session outlives this process (conmon's parent is PID 1); any number of clients
+        may attach, leave and come back while it runs. With ``tty`` the PTY's first size is
+        ``rows`` x ``cols`` (``process.consoleSize``); without it, ``stdin`` gives the process a
+        pipe that the first client to half-close or leave closes (Docker's ``exec -i``).
+        Files: ``<container>/exec/<exec_id>/`` session.json, process.json, the ``start`` FIFO,
+        the ``sync`` file (conmon's pid and exit messages), ``ctl``/``winsz``, exits/<cid>.
+        """
+        if not cmd:
+            raise InvalidArgument("No exec command specified")
+        record = self._lookup(id_or_name)
+        with self._locked(record.id) as record:
+            self._sync(record)
+            check_state("exec", record.state, record.id)
+            with open(os.path.join(self._bundle(record.id), "config.json"), "rb") as f:
+                spec = json.load(f)
+        process = self._exec_process(record, spec, list(cmd), env, user, workdir, tty, privileged)
+        if tty:
+            process["consoleSize"] = {"height": max(1, int(rows)), "width": max(1, int(cols))}
+        exec_id = secrets.token_hex(32)
+        session_dir = os.path.join(self._dir(record.id), "exec", exec_id)
+        os.makedirs(session_dir, mode=0o700)
+        process_file = os.path.join(session_dir, "process.json")
+        _write_json(process_file, process)
+        try:
+            launch = self.conmon.exec_attach(record.id, session_id=self._cuuid(exec_id), session_dir=session_dir,
+                                             process_file=process_file, terminal=tty, stdin=stdin)
+        except BaseException:
+            self.conmon.remove_socket_link(self._cuuid(exec_id))
+            shutil.rmtree(session_dir, ignore_errors=True)
+            raise
+        _write_json(os.path.join(session_dir, "session.json"), {
+            "id": exec_id, "container_id": record.id, "cmd": list(cmd), "tty": tty, "stdin": stdin,
+            "user": user, "workdir": workdir, "pid": 0, "pid_start": None, "attach": True,
+            "conmon_pid": launch.conmon_pid, "created": format_time_ns(time.time_ns()),
+        })
+        return {"exec_id": exec_id, "socket": launch.socket, "ctl": launch.ctl}
+
+    def exec_session_start(self, exec_id: str, timeout: float = 60.0) -> dict:
+        """Run the process of a prepared session (the second start byte of notes §7, written to
+        the session's ``start`` FIFO: any process may call this). Returns ``exec_session_inspect``
+        once the process runs. InvalidState if it was started already; if it cannot start,
+        records Docker's 126/127 and raises InvalidArgument (not found, not executable) or
+        CommandError, with ``OCI runtime exec failed: <runc's message>``."""
+        cid, directory, session = self._find_exec(exec_id)
+        if not session.get("attach"):
+            raise InvalidArgument(f"exec {exec_id} was not created for attach")
+        lock_fd = os.open(os.path.join(directory, "lock"), os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            marker = os.path.join(directory, "started")
+            if os.path.exists(marker):
+                raise InvalidState(f"exec {exec_id} has already been started")
+            try:
+                fd = os.open(os.path.join(directory, "start"), os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError as exc:  # ENXIO: no reader, conmon is gone.
+                raise InvalidState(f"exec {exec_id} cannot start: its monitor is gone ({exc.strerror})") from exc
+            try:
+                with open(marker, "w"):
+                    pass
+                os.write(fd, b"\0")
+            finally:
+                os.close(fd)
+            messages = self._wait_sync(directory, session.get("conmon_pid", 0), timeout)
+        finally:
+            os.close(lock_fd)
+            self.conmon.remove_session_tmp(self._cuuid(exec_id))
+        if not messages:
+            raise CommandError(f"exec {exec_id}: conmon did not report the process")
+        value = int(messages[0].get("data", -1))
+        if value > 0:
+            session.update(pid=value, pid_start=process_start_time(value),
+                           started=format_time_ns(time.time_ns()))
+            _write_json(os.path.join(directory, "session.json"), session)
+            return self.exec_inspect(exec_id)
+        code, message = _exec_failure(messages[0].get("message", ""))
+        session.update(exit_code=code, error=message)
+        _write_json(os.path.join(directory, "session.json"), session)
+        raise (InvalidArgument if code == 127 else CommandError)(f"OCI runtime exec failed: {message}")
+
+    def _wait_sync(self, directory: str, conmon_pid: int, timeout: float) -> list[dict]:
+        """conmon's messages in the session's sync file, once there is one (or conmon is gone)."""
+        path = os.path.join(directory, "sync")
+        deadline = time.monotonic() + timeout
+        pidfd = None
+        with contextlib.suppress(OSError):
+            pidfd = os.pidfd_open(conmon_pid) if conmon_pid > 0 else None
+        try:
+            with FileWatch([directory], IN_MODIFY | IN_CLOSE_WRITE) as watch:
+                while True:
+                    messages = read_sync_file(path)
+                    if messages:
+                        return messages
+                    if pidfd is not None and _poll_readable(pidfd):
+                        return read_sync_file(path)  # conmon ended: a last look.
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise CommandError(f"conmon did not report the exec process within {timeout:g}s")
+                    watch.wait(min(remaining, 1.0), [pidfd] if pidfd is not None else [])
+        finally:
+            if pidfd is not None:
+                os.close(pidfd)
+
+    def _attach_session_state(self, cid: str, directory: str, session: dict) -> dict:
+        """exec_inspect of an interactive session: from its sync file, exit file and conmon."""
+        messages = read_sync_file(os.path.join(directory, "sync"))
+        first = int(messages[0].get("data", -1)) if messages else None
+        if not session.get("pid") and first is not None and first > 0:
+            session["pid"] = first  # The starter died before recording it.
+        code = read_exit_file(os.path.join(directory, "exits", cid))
+        if code is None and len(messages) > 1:
+            code = int(messages[1].get("data", -1))
+        if code is None and first is not None and first < 0:
+            code, session["error"] = _exec_failure(messages[0].get("message", ""))
+        if code is None:
+            code = session.get("exit_code")
+        started = bool(session.get("pid")) or os.path.exists(os.path.join(directory, "started"))
+        session["exit_code"] = code
+        session["started"] = started
+        session["running"] = bool(session.get("pid")) and code is None and \
+            conmon_alive(session.get("conmon_pid", 0), cid)
+        session["socket"] = self.conmon.attach_path(self._cuuid(session["id"]))
+        session["ctl"] = os.path.join(directory, "ctl")
+        return session
+
+    def exec_session_inspect(self, exec_id: str) -> dict:
+        """``exec_inspect`` (the same dict); for a Docker client's ``GET /exec/ID/json``."""
+        return self.exec_inspect(exec_id)
+
+    def exec_session_resize(self, exec_id: str, rows: int, cols: int) -> None:
+        """Resize the session's PTY (debounced, runtime.attach.resize_ctl). Allowed before the
+        start: conmon applies the last size to the PTY when it comes (notes §6). Nothing for a
+        session without a TTY; InvalidState once the session ended."""
+        session = self.exec_inspect(exec_id)
+        if session.get("exit_code") is not None:
+            raise InvalidState(f"exec {exec_id} is not running")
+        if not session.get("tty"):
+            return
+        try:
+            resize_ctl(session["ctl"], rows, cols)
+        except OSError as exc:
+            raise InvalidState(f"exec {exec_id} is not running") from exc
+
+    def exec_session_wait(self, exec_id: str, timeout: float | None = None) -> int:
+        """Block until the session's process ends; its exit code (126/127 if it could not start,
+        LOST_EXIT_CODE if conmon died without one). TimeoutError after ``timeout`` seconds."""
+        cid, directory, session = self._find_exec(exec_id)
+        conmon_pid = session.get("conmon_pid", 0)
+        if not wait_for_exit(os.path.join(directory, "exits", cid), watch_pids=[conmon_pid] if conmon_pid else [],
+                             timeout=timeout):
+            raise TimeoutError(f"exec {exec_id} still running after {timeout:g}s")
+        code = self.exec_inspect(exec_id)["exit_code"]
+        return LOST_EXIT_CODE if code is None else code
+
+    def _end_exec_sessions(self, cid: str) -> None:
+        """Stop the monitors of sessions prepared but never started (they wait on their FIFO
+        forever) and remove every session's socket symlink and TMPDIR."""
+        for exec_id in self._exec_sessions(cid):
+            directory = os.path.join(self._dir(cid), "exec", exec_id)
+            with contextlib.suppress(FileNotFoundError, ValueError):
+                with open(os.path.join(directory, "session.json"), "rb") as f:
+                    session = json.load(f)
+                pid = session.get("conmon_pid", 0)
+                if session.get("attach") and conmon_alive(pid, cid):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signals.SIGKILL)
+            self.conmon.remove_session_tmp(self._cuuid(exec_id))
+
+    #
+    # Container attach
+    #
+
+    def resize(self, id_or_name: str, rows: int, cols: int) -> None:
+        """``POST /containers/ID/resize``: the container's PTY (its ``<bundle>/ctl``, debounced,
+        runtime.attach.resize_ctl). Nothing for a container without a TTY; InvalidState unless
+        it is created or running."""
+        record = self.get(id_or_name)
+        if record.state not in (S.CREATED, S.RUNNING, S.PAUSED, S.STOPPING):
+            raise InvalidState(f"Container {record.id} is not running")
+        if not record.config.tty:
+            return
+        try:
+            resize_ctl(os.path.join(self._bundle(record.id), "ctl"), rows, cols)
+        except OSError as exc:
+            raise InvalidState(f"Container {record.id} is not running") from exc
 
     def _exec_sessions(self, cid: str) -> list[str]:
         try:
@@ -1832,6 +2044,23 @@ def _exec_result(proc: subprocess.CompletedProcess) -> tuple[int, bytes, bytes]:
             code = 126
         err = f"OCI runtime exec failed: {message}\n".encode()
     return code, out, err
+
+
+def _exec_failure(raw: str) -> tuple[int, str]:
+    """Docker's exit code (127 not found, 126 otherwise) and runc's message of a failed exec."""
+    from runtime.oci import runc_message
+
+    message = runc_message(raw) or "unknown error"
+    lowered = message.lower()
+    if "executable file not found" in lowered or "no such file or directory" in lowered:
+        return 127, message
+    return 126, message
+
+
+def _poll_readable(fd: int) -> bool:
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def _security_options(options: list[str]) -> dict[str, str]:
