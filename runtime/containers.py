@@ -36,6 +36,7 @@ which watches exits with ``has_exited``/``sync``.
 from __future__ import annotations
 
 import contextlib
+import errno
 import dataclasses
 import fcntl
 import json
@@ -2130,13 +2131,24 @@ def _write_json(path: str, doc) -> None:
 
 
 def _rmtree(path: str) -> None:
-    """Remove a container's directory. Refuses to cross into a mount (a rootfs still mounted)."""
+    """Remove a container's directory. Refuses to cross into a mount (a rootfs still mounted).
+
+    A monitor that is just ending (conmon writing its exit and oom files after a forced remove)
+    can add a file while the tree goes: then the removal is tried again, a few times.
+    """
     def onerror(func: Callable, target: str, exc_info) -> None:
         if isinstance(exc_info[1], FileNotFoundError):
             return
         raise exc_info[1]
 
-    shutil.rmtree(path, onerror=onerror)
+    for attempt in range(5):
+        try:
+            shutil.rmtree(path, onerror=onerror)
+            return
+        except OSError as exc:
+            if exc.errno != errno.ENOTEMPTY or attempt == 4:
+                raise
+            time.sleep(0.05 * (attempt + 1))
 
 
 #
