@@ -130,6 +130,7 @@ def build_image(job_id: int) -> None:
         if run.skip:
             return
         params = run.job.params
+        before = _image_states()
         try:
             with open(params["path"], "rb") as context:
                 record = build(get_engine(), context, dockerfile=params["dockerfile"], tags=params["tags"],
@@ -137,9 +138,16 @@ def build_image(job_id: int) -> None:
                                no_cache=params["no_cache"], pull=params["pull"], labels=params["labels"],
                                progress=run.emit, cancelled=run.cancelled,
                                network_mode=_build_network(params.get("network_mode")))
+        except BaseException:
+            # The steps that succeeded left images (reused by the next build's cache): record them.
+            try:
+                sync_changed_images(before)
+            except Exception:
+                logger.exception("recording the images of a failed build")
+            raise
         finally:
             _unlink(params["path"])
-        reconcile_images()
+        sync_changed_images(before)
         image = sync_image(record, job=run.job)
         run.set_result({"image": record.id, "tags": record.repo_tags, "url": image.get_absolute_url()})
 
@@ -331,6 +339,22 @@ def _sync_tags(image: Image, names: list[str]) -> None:
     for name in names:
         # A tag moves: the name may point at another image until now.
         Tag.objects.update_or_create(node=node, name=name, defaults={"image": image})
+
+
+def _image_states() -> dict[str, tuple]:
+    return {str(r.id): (tuple(r.repo_tags), tuple(r.repo_digests)) for r in get_engine().images.list()}
+
+
+@transaction.atomic
+def sync_changed_images(before: dict[str, tuple]) -> None:
+    """Sync the images that are new since ``before`` (``_image_states()``) or whose references changed.
+
+    For operations that only add and tag images (a build: its steps, a pulled base, the tags it
+    moved), instead of ``reconcile_images()``, whose cost grows with every image on the node.
+    """
+    for record in get_engine().images.list():
+        if before.get(str(record.id)) != (tuple(record.repo_tags), tuple(record.repo_digests)):
+            sync_image(record)
 
 
 @transaction.atomic
