@@ -100,6 +100,10 @@ class TerminalConsumer(AsyncWebsocketConsumer):
     """
 
     kind = "exec"
+    # No channel layer: nothing is ever sent to a terminal through one, and its receive (a Redis
+    # BZPOPMIN of 5 s under redis-py's 5 s read timeout) loses that race when the loop is busy
+    # relaying output, which killed the socket with 1011 about 5 s into a big output.
+    channel_layer_alias = None
 
     async def connect(self):
         user = self.scope["user"]
