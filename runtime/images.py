@@ -452,10 +452,12 @@ class ImageStore:
             if doc is None:
                 raise NotFound(f"no such image: {record.id}")
             refs = self._read_refs()
+            unchanged = refs["tags"].get(_tag_key(ref)) == record.id
             refs["tags"][_tag_key(ref)] = record.id
             doc["last_tag_time"] = _now()
             _write_json_atomic(self._record_path(record.id), doc)
-            self._write_refs(refs)
+            if not unchanged:  # a rebuild's tag usually names the same image: refs.json stays as it is
+                self._write_refs(refs)
             return self._record_from_doc(doc, refs)
 
     def untag(self, ref: str) -> str:
