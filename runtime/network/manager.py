@@ -155,6 +155,8 @@ class NetworkManager:
         self._pool_thread: threading.Thread | None = None
         self._pool_lock = threading.Lock()
         self._host_rules_done = False
+        # network_id()'s answers, valid while the networks dir keeps this st_mtime_ns.
+        self._id_cache: tuple[int, dict[str, str]] = (0, {})
         for d in (self.root, self.endpoints_dir, self.pool_dir):
             os.makedirs(d, mode=0o700, exist_ok=True)
 
@@ -256,6 +258,29 @@ class NetworkManager:
         if len(matches) > 1:
             raise InvalidArgument(f"network {key} is ambiguous ({len(matches)} matches found based on ID prefix)")
         raise NotFound(f"network {key} not found")
+
+    def network_id(self, name_or_id: str) -> str:
+        """``_find(name_or_id)["Id"]``, remembered while the networks dir is unchanged: docker ps asks
+        it for every container, and ``_find`` reads every network's file each time.
+
+        Every change of a network document is a rename in that dir, so it changes the dir's mtime;
+        answers are only kept when that mtime is over a second old, so two writes within one tick
+        of the file system's clock cannot leave a stale answer behind.
+        """
+        try:
+            stamp = os.stat(self.root).st_mtime_ns
+        except FileNotFoundError:
+            stamp = 0
+        cached_stamp, ids = self._id_cache
+        if stamp and stamp == cached_stamp and name_or_id in ids:
+            return ids[name_or_id]
+        network_id = self._find(name_or_id)["Id"]
+        if stamp and time.time_ns() - stamp > 1_000_000_000:
+            if stamp != cached_stamp:
+                ids = {}
+            ids = {**ids, name_or_id: network_id}
+            self._id_cache = (stamp, ids)
+        return network_id
 
     def knows(self, name: str) -> bool:
         try:
@@ -1013,7 +1038,7 @@ def network_settings(manager: NetworkManager, record) -> dict:
     for name in names:
         endpoint = _empty_endpoint()
         with contextlib.suppress(NotFound, InvalidArgument):
-            endpoint["NetworkID"] = manager._find(name)["Id"]
+            endpoint["NetworkID"] = manager.network_id(name)
         aliases = list(((ep.get("networks") or {}).get(name) or {}).get("aliases") or [])
         if name not in PREDEFINED:
             endpoint["Aliases"] = [record.id[:12], *aliases]
