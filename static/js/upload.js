@@ -6,6 +6,7 @@
     form.addEventListener("submit", function (event) {
       if (!window.XMLHttpRequest) return;
       event.preventDefault();
+      window.berthBusy = true;  // the list page must not reload itself under the upload
       var bar = form.querySelector("progress") || form.appendChild(document.createElement("progress"));
       bar.max = 1; bar.value = 0; bar.className = "upload-progress";
       var xhr = new XMLHttpRequest();
