@@ -17,7 +17,7 @@ import asyncio
 import logging
 import time
 
-from runtime.attach import open_attach
+from runtime.attach import MAX_PACKET, open_attach
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +25,9 @@ REPLAY_BYTES = 64 * 1024
 VIEWER_QUEUE = 64
 IDLE_TIMEOUT = 300.0
 STALL_TIMEOUT = 30.0
+# Output already waiting on the attach socket is relayed as one message of at most this many bytes
+# (conmon sends 8 KiB packets: one websocket frame each cost Daphne ~150 us, a flood 12,000 frames).
+BATCH_BYTES = 64 * 1024
 
 _sessions: dict[tuple[str, str], "Session"] = {}
 
@@ -55,17 +58,24 @@ class Session:
                 packet = await self.conn.recv()
                 if packet is None:
                     break
-                data = packet[1]
+                data, eof = self._ready(packet[1])
                 self.replay += data
                 if len(self.replay) > REPLAY_BYTES:
                     del self.replay[: len(self.replay) - REPLAY_BYTES]
                 for viewer, queue in list(self.viewers.items()):
+                    try:
+                        queue.put_nowait(data)
+                        continue
+                    except asyncio.QueueFull:
+                        pass
                     try:
                         await asyncio.wait_for(queue.put(data), STALL_TIMEOUT)
                     except asyncio.TimeoutError:
                         logger.warning("dropping a stalled terminal viewer of %s %s", self.kind, self.key)
                         self.viewers.pop(viewer, None)
                         await viewer.close(code=4408)
+                if eof:
+                    break
         except Exception:
             logger.exception("terminal relay of %s %s failed", self.kind, self.key)
         finally:
@@ -75,6 +85,27 @@ class Session:
             self.close()
             if self.on_end is not None:
                 await self.on_end(self)
+
+    def _ready(self, data: bytes) -> tuple[bytes, bool]:
+        """``data`` and the packets conmon has already queued behind it (read without waiting), up to
+        BATCH_BYTES; and whether the end was read too."""
+        sock = getattr(self.conn, "sock", None)
+        if sock is None:
+            return data, False
+        parts, size = [data], len(data)
+        while size < BATCH_BYTES:
+            try:
+                packet = sock.recv(MAX_PACKET)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:  # reset: conmon is gone
+                return b"".join(parts), True
+            if not packet:
+                return b"".join(parts), True
+            if len(packet) > 1:
+                parts.append(packet[1:])
+                size += len(packet) - 1
+        return (data if len(parts) == 1 else b"".join(parts)), False
 
     def join(self, viewer) -> asyncio.Queue:
         queue: asyncio.Queue = asyncio.Queue(maxsize=VIEWER_QUEUE)
