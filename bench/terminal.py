@@ -50,7 +50,16 @@ from urllib.parse import quote
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.pull import BerthSide, DockerSide, Side, _unmount_under, log, tree_cpu_seconds  # noqa: E402
+from bench.pull import (  # noqa: E402
+    BerthSide,
+    DockerSide,
+    RssSampler,
+    Side,
+    _unmount_under,
+    log,
+    tree_cpu_seconds,
+    tree_rss_kb,
+)
 
 IMAGE = "busybox:latest"
 PROMPT = b"bench$ "
@@ -102,6 +111,14 @@ class PtySession:
         if not data:
             raise EOFError("the terminal closed")
         return data
+
+    def count_x(self, seen: int, total: int) -> bytes:
+        """Read until ``total`` x's in all (``seen`` already); answer the last chunk."""
+        chunk = b""
+        while seen < total:
+            chunk = self.recv()
+            seen += chunk.count(b"x")
+        return chunk
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -156,6 +173,17 @@ class WebSocketSession:
 
     def recv(self, timeout: float = TIMEOUT) -> bytes:
         return self.loop.run_until_complete(asyncio.wait_for(self._recv(), timeout))
+
+    async def _count_x(self, seen: int, total: int) -> bytes:
+        chunk = b""
+        while seen < total:
+            chunk = await self._recv()
+            seen += chunk.count(b"x")
+        return chunk
+
+    def count_x(self, seen: int, total: int) -> bytes:
+        """As PtySession.count_x, in one coroutine (no task per message: the client stays cheap)."""
+        return self.loop.run_until_complete(asyncio.wait_for(self._count_x(seen, total), 600))
 
     def close(self) -> None:
         with _suppress():
@@ -228,11 +256,9 @@ def stream(session, total: int) -> float:
     chunk = buffer.split(b"\n", 1)[1]
     seen = chunk.count(b"x")
     try:
-        while seen < total:
-            chunk = session.recv()
-            seen += chunk.count(b"x")
+        chunk = session.count_x(seen, total) or chunk
     except Exception as e:
-        raise RuntimeError(f"the stream broke after {seen} bytes, {time.perf_counter() - started:.2f}s: {e}") from e
+        raise RuntimeError(f"the stream broke after {time.perf_counter() - started:.2f}s: {e}") from e
     elapsed = time.perf_counter() - started
     expect(session, re.escape(PROMPT), chunk[chunk.rfind(b"x") + 1:])
     return elapsed
@@ -295,6 +321,20 @@ class Berth(BerthSide):
 
     def daemon_pids(self) -> dict[str, int]:
         return {p.name: p.popen.pid for p in self.processes if p.name in ("daphne", "front", "worker")}
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds so far of Daphne, the front, and the conmons of this Berth (exec sessions')."""
+        used = {name: tree_cpu_seconds(pid) for name, pid in self.daemon_pids().items() if name != "worker"}
+        used["conmon"] = 0.0
+        for name in os.listdir("/proc"):
+            try:
+                with open(f"/proc/{name}/cmdline", "rb") as f:
+                    argv = f.read().split(b"\0")
+            except OSError:
+                continue
+            if argv[0].endswith(b"conmon") and self.runtime_root.encode() in b" ".join(argv):
+                used["conmon"] += tree_cpu_seconds(int(name))
+        return used
 
 
 def load_busybox(berth: Side, docker: Side, tempdir: str) -> None:
@@ -417,12 +457,22 @@ def main(argv: list[str] | None = None) -> int:
                 for path in session_paths:
                     session = open_session(path)
                     try:
-                        elapsed = stream(session, total)
+                        before, client = berth.cpu_seconds(), time.process_time()
+                        daphne = berth.daemon_pids()["daphne"]
+                        idle = tree_rss_kb(daphne)
+                        with RssSampler(daphne) as sampler:
+                            elapsed = stream(session, total)
+                        client = time.process_time() - client
+                        used = {n: s - before.get(n, 0) for n, s in berth.cpu_seconds().items()}
                     finally:
                         session.close()
                     streams.setdefault(path, []).append(elapsed)
-                    log(f"stream {run + 1}/{args.runs} {path:12}: {elapsed:.2f}s "
-                        f"({total / elapsed / 1e6:.0f} MB/s)")
+                    shown = ""
+                    if path in ("ws", "berth-exec"):
+                        shown = (", ".join(f"{n} {s:.2f}" for n, s in used.items())
+                                 + f"; Daphne RSS {idle / 1024:.0f} -> peak {sampler.peak_kb / 1024:.0f} MB")
+                    log(f"stream {run + 1}/{args.runs} {path:12}: {elapsed:.2f}s ({total / elapsed / 1e6:.0f} MB/s); "
+                        f"CPU s: this client {client:.2f} {shown}")
                 for path, side in (("berth-run", berth), ("docker-run", docker)):
                     if path in paths and not args.profile:
                         elapsed, from_first = run_t(side, total)
