@@ -58,6 +58,7 @@ from runtime import cgroups
 from runtime import spec as oci_spec
 from runtime.config import RuntimeConfig
 from runtime.errors import AlreadyExists, CommandError, EngineError, InvalidArgument, InvalidState, NotFound
+from runtime.fsutil import replace_json
 from runtime.attach import resize_ctl
 from runtime.images import ImageStore
 from runtime.layers import LayerStore
@@ -796,7 +797,7 @@ class ContainerStore:
             rootfs = mount_rootfs(self._dir(cid), lowers, links_dir=self.links_dir)
             netns = self.network.prepare(record)
             spec = self._build_spec(record, rootfs, netns)
-            _write_json(os.path.join(self._bundle(cid), "config.json"), spec)
+            replace_json(os.path.join(self._bundle(cid), "config.json"), spec)
             tty = record.config.tty
             pid = self.conmon.create(
                 cid, cuuid=self._cuuid(cid), bundle=self._bundle(cid), log_path=self.log_path(cid),
@@ -1345,12 +1346,12 @@ class ContainerStore:
         session_dir = os.path.join(self._dir(record.id), "exec", exec_id)
         os.makedirs(session_dir, mode=0o700)
         process_file = os.path.join(session_dir, "process.json")
-        _write_json(process_file, process)
+        replace_json(process_file, process)
         if detach:
             launch = self.conmon.exec_detached(record.id, session_id=self._cuuid(exec_id),
                                                session_dir=session_dir, process_file=process_file,
                                                terminal=tty)
-            _write_json(os.path.join(session_dir, "session.json"), {
+            replace_json(os.path.join(session_dir, "session.json"), {
                 "id": exec_id, "container_id": record.id, "cmd": list(cmd), "tty": tty, "user": user,
                 "workdir": workdir, "pid": launch.pid, "pid_start": process_start_time(launch.pid),
                 "created": format_time_ns(time.time_ns()),
@@ -1429,7 +1430,7 @@ class ContainerStore:
         session_dir = os.path.join(self._dir(record.id), "exec", exec_id)
         os.makedirs(session_dir, mode=0o700)
         process_file = os.path.join(session_dir, "process.json")
-        _write_json(process_file, process)
+        replace_json(process_file, process)
         try:
             launch = self.conmon.exec_attach(record.id, session_id=self._cuuid(exec_id), session_dir=session_dir,
                                              process_file=process_file, terminal=tty, stdin=stdin)
@@ -1437,7 +1438,7 @@ class ContainerStore:
             self.conmon.remove_socket_link(self._cuuid(exec_id))
             shutil.rmtree(session_dir, ignore_errors=True)
             raise
-        _write_json(os.path.join(session_dir, "session.json"), {
+        replace_json(os.path.join(session_dir, "session.json"), {
             "id": exec_id, "container_id": record.id, "cmd": list(cmd), "tty": tty, "stdin": stdin,
             "user": user, "workdir": workdir, "pid": 0, "pid_start": None, "attach": True,
             "conmon_pid": launch.conmon_pid, "created": format_time_ns(time.time_ns()),
@@ -1479,11 +1480,11 @@ class ContainerStore:
         if value > 0:
             session.update(pid=value, pid_start=process_start_time(value),
                            started=format_time_ns(time.time_ns()))
-            _write_json(os.path.join(directory, "session.json"), session)
+            replace_json(os.path.join(directory, "session.json"), session)
             return self.exec_inspect(exec_id)
         code, message = _exec_failure(messages[0].get("message", ""))
         session.update(exit_code=code, error=message)
-        _write_json(os.path.join(directory, "session.json"), session)
+        replace_json(os.path.join(directory, "session.json"), session)
         raise (InvalidArgument if code == 127 else CommandError)(f"OCI runtime exec failed: {message}")
 
     def _wait_sync(self, directory: str, conmon_pid: int, timeout: float) -> list[dict]:
@@ -2120,13 +2121,6 @@ def _write_text(path: str, text: str) -> None:
     with open(tmp, "w") as f:
         f.write(text)
     os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-
-
-def _write_json(path: str, doc) -> None:
-    tmp = f"{path}.tmp-{secrets.token_hex(4)}"
-    with open(tmp, "w") as f:
-        json.dump(doc, f)
     os.replace(tmp, path)
 
 

@@ -56,6 +56,7 @@ import zstandard
 from runtime import manifest as m
 from runtime.archive import pack_dir
 from runtime.digest import Digest, sha256_digest
+from runtime.fsutil import fsync_dir, read_exactly
 from runtime.errors import (
     AlreadyExists,
     DigestMismatch,
@@ -604,7 +605,7 @@ class ImageStore:
         self._write_refs(refs)
         others = [d for d in (self._read_record_doc(i) for i in self._ids() if i != record.id) if d]
         os.unlink(self._record_path(record.id))
-        _fsync_dir(self.images_dir)
+        fsync_dir(self.images_dir)
         answer = [{"Deleted": record.id}]
         freed = self._collect(record.chain_ids, _blobs_of(record.layers, record.manifest_digest) | {record.id},
                               others, layer_in_use, answer)
@@ -1607,15 +1608,7 @@ def _write_json_atomic(path: str, doc) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    _fsync_dir(directory)
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(directory)
 
 
 def _file_digest(path: str) -> Digest:
@@ -1656,7 +1649,7 @@ def _decompress_into(stream, out, limit: int) -> tuple[Digest, int]:
 
     Raises UnsafeArchive past ``limit`` bytes of output or on corrupt compressed data.
     """
-    head = _read_some(stream, 6)
+    head = read_exactly(stream, 6)
     source = _Prefixed(head, stream)
     if head.startswith(b"\x1f\x8b"):
         reader = gzip.GzipFile(fileobj=source, mode="rb")
@@ -1680,17 +1673,6 @@ def _decompress_into(stream, out, limit: int) -> tuple[Digest, int]:
     except (EOFError, OSError, zlib.error, lzma.LZMAError, zstandard.ZstdError) as exc:
         raise UnsafeArchive(f"invalid compressed data: {exc}") from None
     return Digest.from_hex(hasher.hexdigest()), size
-
-
-def _read_some(stream, n: int) -> bytes:
-    chunks = []
-    while n > 0:
-        chunk = stream.read(n)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        n -= len(chunk)
-    return b"".join(chunks)
 
 
 class _Prefixed:

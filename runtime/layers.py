@@ -50,6 +50,7 @@ import zstandard
 from runtime.archive import apply_tar
 from runtime.digest import Digest, HashingReader
 from runtime.errors import DigestMismatch, InvalidArgument, NotFound, UnsafeArchive
+from runtime.fsutil import fsync_dir, read_exactly, write_json_synced
 
 __all__ = ["DEFAULT_MAX_UNCOMPRESSED", "Layer", "LayerStore", "chain_id_of", "chain_ids"]
 
@@ -226,7 +227,7 @@ class LayerStore:
                 # Another apply of the same chain_id finished first: theirs is as good as ours.
                 shutil.rmtree(staging, ignore_errors=True)
                 return self.get(chain_id)
-            _fsync_dir(self.layers_dir)
+            fsync_dir(self.layers_dir)
             return layer
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -238,7 +239,7 @@ class LayerStore:
         counted = _ProgressReader(stream, progress)
         hashed = HashingReader(counted, name=f"layer {chain_id}") if check_digest and digest else None
         compressed = hashed or counted
-        head = _read_exactly(compressed, 6)
+        head = read_exactly(compressed, 6)
         source = _PrefixedReader(head, compressed)
         try:
             if head.startswith(_GZIP_MAGIC):
@@ -281,10 +282,7 @@ class LayerStore:
             path=os.path.join(self._dir(chain_id), "diff"),
         )
         meta_path = os.path.join(staging, "meta.json")
-        with open(meta_path, "w") as f:
-            json.dump(layer.to_json(), f, indent=2, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
+        write_json_synced(meta_path, layer.to_json())
         return layer
 
 
@@ -393,24 +391,3 @@ class _ProgressReader:
             self._reported = self.count
             self._progress(self.count)
         return data
-
-
-def _read_exactly(reader, n: int) -> bytes:
-    """Read ``n`` bytes, or fewer only at the end of the stream."""
-    chunks = []
-    while n > 0:
-        chunk = reader.read(n)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        n -= len(chunk)
-    return b"".join(chunks)
-
-
-def _fsync_dir(path: str) -> None:
-    """fsync a directory so that a rename in it survives a crash."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -27,6 +27,7 @@ from typing import BinaryIO, Iterator
 
 from runtime.digest import Digest, sha256_digest
 from runtime.errors import AlreadyExists, DigestMismatch, InvalidArgument, NotFound
+from runtime.fsutil import fsync_dir
 
 __all__ = ["IngestWriter", "Store"]
 
@@ -109,7 +110,7 @@ class Store:
             if not missing_ok:
                 raise NotFound(f"blob {digest} not found") from None
             return
-        _fsync_dir(self.blobs_dir)
+        fsync_dir(self.blobs_dir)
 
     def write_blob(self, data: bytes, expected: str | None = None) -> Digest:
         """Store ``data`` as a blob and return its digest.
@@ -305,7 +306,7 @@ class IngestWriter:
         # If the same content was committed meanwhile by an ingest with another key, the rename
         # replaces identical bytes, which readers cannot tell apart.
         os.rename(self.data_path, target)
-        _fsync_dir(self.store.blobs_dir)
+        fsync_dir(self.store.blobs_dir)
         self._release(discard=True)
         return digest
 
@@ -357,15 +358,6 @@ class IngestWriter:
             return
         keep = self.key is not None and not isinstance(exc, DigestMismatch)
         self.abort(discard=not keep)
-
-
-def _fsync_dir(path: str) -> None:
-    """fsync a directory so that a rename or unlink in it survives a crash."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _remove_path(path: str) -> None:

@@ -36,6 +36,7 @@ from typing import Callable, Iterator
 
 from runtime import fsops, rootpath
 from runtime.errors import AlreadyExists, InvalidArgument, InvalidState, NotFound
+from runtime.fsutil import fsync_dir, write_json_synced
 
 __all__ = ["ANONYMOUS_LABEL", "VolumeStore", "populate_from_image", "validate_name"]
 
@@ -204,7 +205,7 @@ class VolumeStore:
                 "created": _now(),
                 "mountpoint": os.path.join(self._dir(name), "_data"),
             }
-            _write_json(os.path.join(staging, "meta.json"), meta)
+            write_json_synced(os.path.join(staging, "meta.json"), meta)
             try:
                 os.rename(staging, self._dir(name))
             except OSError as exc:
@@ -216,7 +217,7 @@ class VolumeStore:
                 if existing is None:
                     raise AlreadyExists(f"volume {name} is being created or removed, try again") from None
                 return _volume(existing)
-            _fsync_dir(self.volumes_dir)
+            fsync_dir(self.volumes_dir)
             return _volume(meta)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -287,7 +288,7 @@ class VolumeStore:
             os.rename(self._dir(name), doomed)
         except FileNotFoundError:
             raise NotFound(f"get {name}: no such volume") from None
-        _fsync_dir(self.volumes_dir)
+        fsync_dir(self.volumes_dir)
         shutil.rmtree(doomed, ignore_errors=True)
 
     def clean_staging(self) -> None:
@@ -463,18 +464,3 @@ def _tree_size(path: str) -> int:
 
 def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _write_json(path: str, doc) -> None:
-    with open(path, "w") as f:
-        json.dump(doc, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

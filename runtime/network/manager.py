@@ -42,6 +42,7 @@ from typing import Iterator
 
 from runtime import spec as oci_spec
 from runtime.errors import AlreadyExists, EngineError, InvalidArgument, InvalidState, NotFound
+from runtime.fsutil import replace_json
 
 from . import netns as ns
 from .cni import CNI, CNIError, conflist
@@ -82,10 +83,7 @@ def _boot_id() -> str:
 
 
 def _write_json(path: str, doc) -> None:
-    tmp = f"{path}.tmp-{secrets.token_hex(4)}"
-    with open(tmp, "w") as f:
-        json.dump(doc, f, indent=1)
-    os.replace(tmp, path)
+    replace_json(path, doc, indent=1)
 
 
 def _read_json(path: str):
