@@ -132,6 +132,14 @@ class TerminalConsumer(AsyncWebsocketConsumer):
             await self.send(bytes_data=bytes(self.session.replay))
         self.pump = asyncio.create_task(self.forward())
 
+    async def dispatch(self, message):
+        """As Channels', but a keystroke (``websocket.receive``) skips ``aclose_old_connections``: that
+        is a hop to a worker thread per message, and receive() touches no database."""
+        if message["type"] == "websocket.receive":
+            await self.websocket_receive(message)
+            return
+        await super().dispatch(message)
+
     async def open_or_join(self):
         container_id = self.scope["url_route"]["kwargs"]["container_id"]
         user = self.scope["user"]
