@@ -24,7 +24,7 @@ import stat
 import tarfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import BinaryIO, Callable
 
 from runtime.errors import UnsafeArchive
 
@@ -253,11 +253,6 @@ class _Applier:
                     raise
                 self.stats.xattr_errors.append(f"{name}: {key}")
 
-    @staticmethod
-    def _ns(member) -> tuple[int, int]:
-        ns = int(member.mtime * 1_000_000_000)
-        return ns, ns
-
     #
     # Entries
     #
@@ -329,19 +324,12 @@ class _Applier:
                 if self.source.copy_to_fd(fd, member.size) != member.size:
                     raise UnsafeArchive(f"entry {name!r}: unexpected end of data")
             else:
-                src = tf.extractfile(member)
-                remaining = member.size
-                while remaining > 0:
-                    chunk = src.read(min(_CHUNK, remaining))
-                    if not chunk:
-                        raise UnsafeArchive(f"entry {name!r}: unexpected end of data")
-                    _write_all(fd, chunk)
-                    remaining -= len(chunk)
+                copy_member_data(member, tf, fd)
             # chown clears setuid/setgid and security.capability: chown, then chmod, then xattrs.
             os.fchown(fd, member.uid, member.gid)
             os.fchmod(fd, member.mode & 0o7777)
             self._set_xattrs(member, fd, name)
-            os.utime(fd, ns=self._ns(member))
+            os.utime(fd, ns=member_ns(member))
         finally:
             os.close(fd)
         self.stats.files += 1
@@ -369,7 +357,7 @@ class _Applier:
             os.chmod(leaf, member.mode & 0o7777, dir_fd=parent_fd)
         # The magic link pins the parent directory; the leaf itself is not followed.
         self._set_xattrs(member, f"/proc/self/fd/{parent_fd}/{leaf}", name, follow_symlinks=False)
-        os.utime(leaf, ns=self._ns(member), dir_fd=parent_fd, follow_symlinks=False)
+        os.utime(leaf, ns=member_ns(member), dir_fd=parent_fd, follow_symlinks=False)
 
     def _apply_hardlink(self, member, parent_fd: int, leaf: str, key: tuple[str, ...]) -> None:
         name = member.name
@@ -403,7 +391,7 @@ class _Applier:
         # Mode 0, as overlayfs itself and Docker create whiteouts.
         os.mknod(hidden, stat.S_IFCHR, os.makedev(0, 0), dir_fd=parent_fd)
         os.chown(hidden, member.uid, member.gid, dir_fd=parent_fd, follow_symlinks=False)
-        os.utime(hidden, ns=self._ns(member), dir_fd=parent_fd, follow_symlinks=False)
+        os.utime(hidden, ns=member_ns(member), dir_fd=parent_fd, follow_symlinks=False)
         self.stats.whiteouts += 1
 
     def finish(self) -> None:
@@ -416,6 +404,25 @@ class _Applier:
             except (UnsafeArchive, OSError):
                 continue  # Replaced by a later entry.
             os.utime(fd, ns=(ns, ns))
+
+
+def copy_member_data(member: tarfile.TarInfo, tf: tarfile.TarFile, fd: int) -> None:
+    """Write the content of the regular file ``member`` to ``fd``, read through ``tf.extractfile``
+    in chunks; UnsafeArchive if the tar ends before ``member.size`` bytes."""
+    src = tf.extractfile(member)
+    remaining = member.size
+    while remaining > 0:
+        chunk = src.read(min(_CHUNK, remaining))
+        if not chunk:
+            raise UnsafeArchive(f"entry {member.name!r}: unexpected end of data")
+        _write_all(fd, chunk)
+        remaining -= len(chunk)
+
+
+def member_ns(member: tarfile.TarInfo) -> tuple[int, int]:
+    """(atime, mtime) in ns for os.utime: both the member's mtime."""
+    ns = int(member.mtime * 1_000_000_000)
+    return ns, ns
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -538,31 +545,43 @@ def apply_tar(fileobj: BinaryIO, dest_dir: str) -> ApplyStats:
     source = _TarSource(fileobj)
     applier = _Applier(dest_dir, source)
     try:
-        try:
-            # Not tarfile's stream mode ("r|"): it reads in 10 KiB records and copies each file through
-            # them. _TarSource gives tarfile the forward-only seeks it needs, and the applier copies
-            # file contents from its buffers.
-            tf = tarfile.open(fileobj=source, mode="r:", tarinfo=_SafeTarInfo)
-        except tarfile.TarError as exc:
-            raise UnsafeArchive(f"invalid tar stream: {exc}") from None
-        with tf:
-            while True:
-                try:
-                    member = tf.next()
-                except tarfile.TarError as exc:
-                    raise UnsafeArchive(f"invalid tar stream: {exc}") from None
-                if member is None:
-                    break
-                # tarfile keeps every member in a list; we need none of them.
-                tf.members.clear()
-                try:
-                    applier.apply(member, tf)
-                except tarfile.TarError as exc:
-                    raise UnsafeArchive(f"entry {member.name!r}: {exc}") from None
+        # Not tarfile's stream mode ("r|"): it reads in 10 KiB records and copies each file through
+        # them. _TarSource gives tarfile the forward-only seeks it needs, and the applier copies
+        # file contents from its buffers.
+        apply_members(source, "r:", applier.apply)
         applier.finish()
         return applier.stats
     finally:
         applier.close()
+
+
+def apply_members(fileobj: BinaryIO, mode: str,
+                  apply: Callable[[tarfile.TarInfo, tarfile.TarFile], None]) -> None:
+    """Open ``fileobj`` as a tar (tarfile ``mode``, "r:" or "r|") and call ``apply(member, tf)`` for
+    each entry, in order.
+
+    Headers are parsed by _SafeTarInfo; a corrupt tar raises UnsafeArchive ("invalid tar
+    stream"), a tarfile error while applying an entry raises UnsafeArchive naming the entry.
+    tarfile's own list of members is kept empty (a layer may have very many).
+    """
+    try:
+        tf = tarfile.open(fileobj=fileobj, mode=mode, tarinfo=_SafeTarInfo)
+    except tarfile.TarError as exc:
+        raise UnsafeArchive(f"invalid tar stream: {exc}") from None
+    with tf:
+        while True:
+            try:
+                member = tf.next()
+            except tarfile.TarError as exc:
+                raise UnsafeArchive(f"invalid tar stream: {exc}") from None
+            if member is None:
+                break
+            # tarfile keeps every member in a list; we need none of them.
+            tf.members.clear()
+            try:
+                apply(member, tf)
+            except tarfile.TarError as exc:
+                raise UnsafeArchive(f"entry {member.name!r}: {exc}") from None
 
 
 #

@@ -639,23 +639,7 @@ class _Extractor:
         self.dir_times: dict[tuple[str, ...], float] = {}
 
     def extract(self, stream: BinaryIO) -> None:
-        try:
-            tf = tarfile.open(fileobj=stream, mode="r|", tarinfo=archive._SafeTarInfo)
-        except tarfile.TarError as exc:
-            raise UnsafeArchive(f"invalid tar stream: {exc}") from None
-        with tf:
-            while True:
-                try:
-                    member = tf.next()
-                except tarfile.TarError as exc:
-                    raise UnsafeArchive(f"invalid tar stream: {exc}") from None
-                if member is None:
-                    break
-                tf.members.clear()
-                try:
-                    self.apply(member, tf)
-                except tarfile.TarError as exc:
-                    raise UnsafeArchive(f"entry {member.name!r}: {exc}") from None
+        archive.apply_members(stream, "r|", self.apply)
         self.finish()
 
     def _dir(self, parts: list[str] | tuple[str, ...], name: str, create: bool) -> int:
@@ -667,9 +651,7 @@ class _Extractor:
 
     def apply(self, member: tarfile.TarInfo, tf: tarfile.TarFile) -> None:
         name = member.name
-        parts = [p for p in name.split("/") if p not in ("", ".")]
-        if ".." in parts:
-            raise UnsafeArchive(f"entry {name!r} has a '..' path component")
+        parts = archive._split_name(name)
         if not parts:
             return  # The destination itself: Docker leaves its metadata alone.
         if parts[0].startswith(WHITEOUT_META_PREFIX):
@@ -727,21 +709,12 @@ class _Extractor:
         fd = os.open(leaf, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
                      dir_fd=parent_fd)
         try:
-            src = tf.extractfile(member)
-            remaining = member.size
-            while remaining > 0:
-                chunk = src.read(min(_CHUNK, remaining))
-                if not chunk:
-                    raise UnsafeArchive(f"entry {member.name!r}: unexpected end of data")
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(fd, view):]
-                remaining -= len(chunk)
+            archive.copy_member_data(member, tf, fd)
             # chown clears setuid/setgid and security.capability: chown, then chmod, then xattrs.
             os.fchown(fd, member.uid, member.gid)
             os.fchmod(fd, member.mode & 0o7777)
             self._xattrs(member, fd)
-            os.utime(fd, ns=_member_ns(member))
+            os.utime(fd, ns=archive.member_ns(member))
         finally:
             os.close(fd)
 
@@ -772,7 +745,7 @@ class _Extractor:
             finally:
                 os.close(fd)
         self._xattrs(member, f"/proc/self/fd/{parent_fd}/{leaf}", follow_symlinks=False)
-        os.utime(leaf, ns=_member_ns(member), dir_fd=parent_fd, follow_symlinks=False)
+        os.utime(leaf, ns=archive.member_ns(member), dir_fd=parent_fd, follow_symlinks=False)
 
     def _hardlink(self, member, parent_fd: int, leaf: str, key: tuple[str, ...]) -> None:
         target = tuple(p for p in member.linkname.split("/") if p not in ("", "."))
@@ -792,15 +765,11 @@ class _Extractor:
 
     @staticmethod
     def _xattrs(member, target, follow_symlinks: bool = True) -> None:
-        for key, value in member.pax_headers.items():
-            if not key.startswith(archive.PAX_XATTR_PREFIX):
-                continue
-            xattr = key[len(archive.PAX_XATTR_PREFIX):]
+        for xattr, value in archive._xattrs_of(member).items():
             if xattr.startswith(OVERLAY_XATTR_PREFIX):
                 continue  # Never let an archive steer overlayfs.
             try:
-                os.setxattr(target, xattr, value.encode("utf-8", "surrogateescape"),
-                            follow_symlinks=follow_symlinks)
+                os.setxattr(target, xattr, value, follow_symlinks=follow_symlinks)
             except OSError as exc:
                 if exc.errno not in (errno.ENOTSUP, errno.EPERM):
                     raise
@@ -817,11 +786,6 @@ class _Extractor:
                 os.utime(fd, ns=(ns, ns))
             finally:
                 os.close(fd)
-
-
-def _member_ns(member) -> tuple[int, int]:
-    ns = int(member.mtime * 1_000_000_000)
-    return ns, ns
 
 
 #
