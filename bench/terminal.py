@@ -319,6 +319,18 @@ class Berth(BerthSide):
                f"?rows={ROWS}&cols={COLS}&cmd={quote('/bin/sh')}")
         return WebSocketSession(url, cookie, self.url)
 
+    def stop(self) -> None:
+        """Stop the processes, then DEL the worker's pre-networked namespaces: it leaves them (and
+        their leases in the host-wide /run/berth/cni/ipam) behind when it stops."""
+        super().stop()
+        from runtime.config import RuntimeConfig
+        from runtime.engine import Engine
+
+        try:
+            Engine(RuntimeConfig(root=self.runtime_root, run_root=os.environ["RUNTIME_RUN_ROOT"])).networks.stop_pool()
+        except Exception as e:  # noqa: BLE001
+            log(f"could not release the network pool: {e}")
+
     def daemon_pids(self) -> dict[str, int]:
         return {p.name: p.popen.pid for p in self.processes if p.name in ("daphne", "front", "worker")}
 
