@@ -171,7 +171,10 @@ CELERY_TASK_ALWAYS_EAGER = envbool("CELERY_TASK_ALWAYS_EAGER", "False")
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL], "capacity": 1500, "expiry": 30},
+        # channels_redis blocks up to 5 s on a receive; redis-py's own read timeout must be longer,
+        # or an idle socket's consumer dies with "Timeout reading from ..." (seen on busy loops).
+        "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 30, "socket_connect_timeout": 5}],
+                   "capacity": 1500, "expiry": 30},
     }
 }
 

@@ -197,4 +197,6 @@ def start_live_server(logdir: Path) -> LiveServer:
     server = LiveServer(url=f"http://127.0.0.1:{port}", port=port, token=token, processes=[worker, daphne, front],
                         env=env, docker_socket=str(docker_socket))
     wait_for(lambda: server.request("GET", "/_ping", token=False)[0] == 401, 30, "daphne", daphne.popen)
+    # The worker answers pings once it is ready (its reconcile pass done): tests may rely on it.
+    wait_for(lambda: "ready." in worker.log.read_text(errors="replace"), 60, "the worker", worker.popen)
     return server
