@@ -3,17 +3,14 @@ runtime.containers: real conmon and runc, with the offline busybox image (as tes
 
 import asyncio
 import hashlib
-import io
 import json
 import os
 import random
 import select
-import shutil
 import socket
 import string
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
@@ -27,58 +24,15 @@ from runtime.attach import (
     open_attach,
     resize_ctl,
 )
-from runtime.config import RuntimeConfig
 from runtime.containers import ContainerConfig
-from runtime.engine import Engine
 from runtime.errors import InvalidArgument, InvalidState, NotFound
-from runtime.starter import STARTER_CHANGES, write_rootfs
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="runs real containers: needs root")
 
 
-@pytest.fixture(scope="module")
-def base():
-    # Under /tmp with a short name: conmon's attach socket path must fit in 107 bytes.
-    path = tempfile.mkdtemp(prefix="ba-", dir="/tmp")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def engine(base):
-    config = RuntimeConfig(root=os.path.join(base, "root"), run_root=os.path.join(base, "run"))
-    engine = Engine(config)
-    rootfs = io.BytesIO()
-    write_rootfs(rootfs)
-    rootfs.seek(0)
-    engine.images.import_tar(rootfs, changes=STARTER_CHANGES, reference="busybox:latest")
-    yield engine
-    for record in engine.containers.list(all=True):
-        engine.containers.remove(record.id, force=True)
-
-
-@pytest.fixture
-def store(engine):
-    return engine.containers
-
-
-@pytest.fixture
-def ctr(store):
-    made = []
-
-    def make(*cmd, start=True, **options):
-        options.setdefault("image", "busybox")
-        record = store.create(ContainerConfig(cmd=list(cmd) if cmd else None, **options))
-        made.append(record.id)
-        return store.start(record.id) if start else record
-
-    yield make
-    for cid in made:
-        try:
-            store.remove(cid, force=True)
-        except NotFound:
-            pass
+# The base, engine, store and ctr fixtures are in conftest.py.
+ENGINE_DIR_PREFIX = "ba-"
 
 
 @pytest.fixture(scope="module")

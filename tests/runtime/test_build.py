@@ -6,40 +6,20 @@ own unit tests in tests/runtime/test_dockerfile.py.
 
 import io
 import os
-import shutil
 import tarfile
-import tempfile
 
 import pytest
 
 from runtime.build import BuildError, DockerfileError, build, prune_cache
-from runtime.config import RuntimeConfig
 from runtime.containers import ContainerConfig
 from runtime.engine import Engine
 from runtime.errors import UnsafeArchive
-from runtime.starter import STARTER_CHANGES, write_rootfs
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="runs real containers: needs root")
 
 
-@pytest.fixture(scope="module")
-def base():
-    path = tempfile.mkdtemp(prefix="bb-", dir="/tmp")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def engine(base):
-    config = RuntimeConfig(root=os.path.join(base, "root"), run_root=os.path.join(base, "run"))
-    engine = Engine(config)
-    rootfs = io.BytesIO()
-    write_rootfs(rootfs)
-    rootfs.seek(0)
-    engine.images.import_tar(rootfs, changes=STARTER_CHANGES, reference="busybox:latest")
-    yield engine
-    for record in engine.containers.list(all=True):
-        engine.containers.remove(record.id, force=True)
+# The base and engine fixtures are in conftest.py.
+ENGINE_DIR_PREFIX = "bb-"
 
 
 def context(files: dict) -> io.BytesIO:

@@ -8,18 +8,14 @@ cgroup, no conmon.
 import io
 import json
 import os
-import shutil
 import signal
 import socket
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from runtime.config import RuntimeConfig
 from runtime.containers import LOST_EXIT_CODE, ContainerConfig, ContainerStore, Mount
-from runtime.engine import Engine
 from runtime.errors import AlreadyExists, InvalidArgument, InvalidState, NotFound
 from runtime.monitor import parse_time_ns, process_start_time
 from runtime.rootfs import is_mounted
@@ -32,44 +28,8 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="runs real containers:
 S = ContainerState
 
 
-@pytest.fixture(scope="module")
-def engine():
-    # Under /tmp with a short name: conmon's attach socket path must fit in 107 bytes.
-    base = tempfile.mkdtemp(prefix="bt-", dir="/tmp")
-    config = RuntimeConfig(root=os.path.join(base, "root"), run_root=os.path.join(base, "run"))
-    engine = Engine(config)
-    rootfs = io.BytesIO()
-    write_rootfs(rootfs)
-    rootfs.seek(0)
-    engine.images.import_tar(rootfs, changes=STARTER_CHANGES, reference="busybox:latest")
-    yield engine
-    for record in engine.containers.list(all=True):
-        engine.containers.remove(record.id, force=True)
-    shutil.rmtree(base, ignore_errors=True)
-
-
-@pytest.fixture
-def store(engine) -> ContainerStore:
-    return engine.containers
-
-
-@pytest.fixture
-def ctr(store):
-    """Create (and optionally start) a busybox container; every one is force-removed afterwards."""
-    made = []
-
-    def make(*cmd, start=True, **options):
-        options.setdefault("image", "busybox")
-        record = store.create(ContainerConfig(cmd=list(cmd) if cmd else None, **options))
-        made.append(record.id)
-        return store.start(record.id) if start else record
-
-    yield make
-    for cid in made:
-        try:
-            store.remove(cid, force=True)
-        except NotFound:
-            pass
+# The engine (one root per module under /tmp/bt-*), store and ctr fixtures are in conftest.py.
+ENGINE_DIR_PREFIX = "bt-"
 
 
 def output(store, cid, stream="stdout") -> bytes:

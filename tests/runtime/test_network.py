@@ -7,7 +7,6 @@ rules and leases (``NetworkManager.teardown``); the module checks that no veth, 
 of its containers is left.
 """
 
-import io
 import ipaddress
 import os
 import random
@@ -16,18 +15,14 @@ import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import time
 
 import pytest
 
-from runtime.config import RuntimeConfig
-from runtime.containers import ContainerConfig, ContainerStore
-from runtime.engine import Engine
+from runtime.containers import ContainerStore
 from runtime.errors import AlreadyExists, InvalidState, NotFound
 from runtime.network import NetworkManager
 from runtime.network.manager import host_routes
-from runtime.starter import STARTER_CHANGES, write_rootfs
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/usr/lib/cni/bridge"),
                                 reason="runs real containers and CNI: needs root and containernetworking-plugins")
@@ -54,15 +49,14 @@ def make_manager(config, store, tag):
                           bridge_prefix=f"bt{tag}-", ipam_dir=os.path.join(os.path.dirname(config.root), "ipam"))
 
 
+# The base and engine fixtures (and the ctr this module wraps) are in conftest.py.
+ENGINE_DIR_PREFIX = "bn-"
+
+
 @pytest.fixture(scope="module")
-def env():
-    base = tempfile.mkdtemp(prefix="bn-", dir="/tmp")
-    config = RuntimeConfig(root=os.path.join(base, "root"), run_root=os.path.join(base, "run"))
-    engine = Engine(config)
-    rootfs = io.BytesIO()
-    write_rootfs(rootfs)
-    rootfs.seek(0)
-    engine.images.import_tar(rootfs, changes=STARTER_CHANGES, reference="busybox:latest")
+def env(engine):
+    """The module's engine with a NetworkManager of its own (torn down before ``base`` goes)."""
+    config = engine.config
     tag = secrets.token_hex(2)
     net = make_manager(config, engine.containers, tag)
     engine.containers.network = net
@@ -75,7 +69,6 @@ def env():
     net.teardown()
     bridges = subprocess.run(["ip", "-br", "link"], capture_output=True, text=True).stdout
     assert f"bt{tag}" not in bridges
-    shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture
@@ -106,22 +99,10 @@ def networks(net):
 
 
 @pytest.fixture
-def ctr(store, networks):
-    # Needs ``networks``: containers go first at teardown, then their networks.
-    made = []
-
-    def make(*cmd, start=True, **options):
-        options.setdefault("image", "busybox")
-        record = store.create(ContainerConfig(cmd=list(cmd) if cmd else None, **options))
-        made.append(record.id)
-        return store.start(record.id) if start else record
-
-    yield make
-    for cid in made:
-        try:
-            store.remove(cid, force=True)
-        except NotFound:
-            pass
+def ctr(networks, ctr):
+    # conftest's ctr (on this module's ``store``), set up after ``networks``: containers go
+    # first at teardown, then their networks.
+    return ctr
 
 
 def http_get(port: int, host: str = "127.0.0.1", timeout: float = 5.0) -> str:
