@@ -3,7 +3,7 @@
 import os
 
 from celery import Celery
-from celery.signals import worker_ready
+from celery.signals import worker_ready, worker_shutdown
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 
@@ -18,3 +18,13 @@ def on_worker_ready(**kwargs):
     from project.startup import worker_started
 
     worker_started()
+
+
+@worker_shutdown.connect
+def on_worker_shutdown(**kwargs):
+    """At worker stop: give back the pre-networked namespaces (their leases and veths)."""
+    from project.engine import get_engine
+
+    networks = getattr(get_engine(), "networks", None)
+    if networks is not None and hasattr(networks, "stop_pool"):
+        networks.stop_pool()
