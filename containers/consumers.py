@@ -100,6 +100,10 @@ class TerminalConsumer(AsyncWebsocketConsumer):
     """
 
     kind = "exec"
+    # Berth's own pages get JSON control frames; Docker's attach/ws is the raw stream only.
+    control_messages = True
+    # The browser's size becomes the container's when it attaches; an API client says nothing of it.
+    resize_on_attach = True
     # No channel layer: nothing is ever sent to a terminal through one, and its receive (a Redis
     # BZPOPMIN of 5 s under redis-py's 5 s read timeout) loses that race when the loop is busy
     # relaying output, which killed the socket with 1011 about 5 s into a big output.
@@ -123,12 +127,15 @@ class TerminalConsumer(AsyncWebsocketConsumer):
         try:
             self.session = await self.open_or_join()
         except EngineError as e:
-            await self.send(text_data=json.dumps({"type": "error", "message": str(e)}))
+            if self.control_messages:
+                await self.send(text_data=json.dumps({"type": "error", "message": str(e)}))
             await self.close(code=4400)
             return
         self.queue = self.session.join(self)
-        await self.send(text_data=json.dumps({"type": "session", "kind": self.session.kind, "id": self.session.key}))
-        if self.session.replay:
+        if self.control_messages:
+            await self.send(text_data=json.dumps({"type": "session", "kind": self.session.kind,
+                                                  "id": self.session.key}))
+        if self.session.replay and self.control_messages:
             await self.send(bytes_data=bytes(self.session.replay))
         self.pump = asyncio.create_task(self.forward())
 
@@ -154,7 +161,8 @@ class TerminalConsumer(AsyncWebsocketConsumer):
             session = await terminal.open_session(
                 "attach", record.id, path,
                 lambda rows, cols: services.engine_containers().resize(record.id, rows, cols))
-            await asyncio.to_thread(services.engine_containers().resize, record.id, self.rows, self.cols)
+            if self.resize_on_attach:
+                await asyncio.to_thread(services.engine_containers().resize, record.id, self.rows, self.cols)
             await database_sync_to_async(services.audit_terminal)(user, record.id, "attach", [])
             return session
         rejoin = self.query.get("session")
@@ -179,8 +187,9 @@ class TerminalConsumer(AsyncWebsocketConsumer):
         while True:
             data = await self.queue.get()
             if data is None:
-                code = await asyncio.to_thread(services.terminal_exit_code, self.session)
-                await self.send(text_data=json.dumps({"type": "exit", "code": code}))
+                if self.control_messages:
+                    code = await asyncio.to_thread(services.terminal_exit_code, self.session)
+                    await self.send(text_data=json.dumps({"type": "exit", "code": code}))
                 await self.close(code=1000)
                 return
             await self.send(bytes_data=data)
@@ -188,6 +197,8 @@ class TerminalConsumer(AsyncWebsocketConsumer):
     async def receive(self, text_data=None, bytes_data=None):
         if self.session is None:
             return
+        if text_data is not None and not self.control_messages:
+            bytes_data, text_data = text_data.encode(), None
         if text_data is not None:
             try:
                 message = json.loads(text_data)
@@ -225,6 +236,14 @@ class TerminalConsumer(AsyncWebsocketConsumer):
 
 class AttachTerminalConsumer(TerminalConsumer):
     kind = "attach"
+
+
+class DockerAttachWebsocketConsumer(AttachTerminalConsumer):
+    """``GET /containers/{id}/attach/ws`` of the Docker API: the container's raw stream both ways
+    (stdin in, stdout/stderr out), for API clients with a token (and pages of ours)."""
+
+    control_messages = False
+    resize_on_attach = False
 
 
 def _size(values) -> tuple[int, int]:

@@ -1,4 +1,5 @@
-"""ASGI entry point: Django for HTTP; authenticated, Origin-checked websockets through Channels."""
+"""ASGI entry point: Django for HTTP; authenticated websockets through Channels (session + Origin for
+pages, Bearer token for API clients: project/wsauth.py)."""
 
 import os
 
@@ -9,13 +10,14 @@ django_asgi_app = get_asgi_application()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+
+from project.wsauth import OriginOrTokenValidator, TokenAuthMiddleware  # noqa: E402
 
 from project.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        "websocket": OriginOrTokenValidator(AuthMiddlewareStack(TokenAuthMiddleware(URLRouter(websocket_urlpatterns)))),
     }
 )
