@@ -123,6 +123,12 @@ class TerminalConsumer(AsyncWebsocketConsumer):
         self.readonly = self.query.get("readonly") == "1"
         self.rows, self.cols = _size(self.query)
         self.detach_armed = False
+        # Flow control with our pages: at most SEND_WINDOW bytes sent and not yet acknowledged by
+        # the page's terminal (it acks what xterm has rendered), so a slow browser slows the
+        # session instead of piling output up in Daphne's send buffer.
+        self.sent = 0
+        self.acked = 0
+        self.acked_event = asyncio.Event()
         await self.accept()
         try:
             self.session = await self.open_or_join()
@@ -192,6 +198,11 @@ class TerminalConsumer(AsyncWebsocketConsumer):
                     await self.send(text_data=json.dumps({"type": "exit", "code": code}))
                 await self.close(code=1000)
                 return
+            if self.control_messages:
+                while self.sent - self.acked > SEND_WINDOW:
+                    self.acked_event.clear()
+                    await self.acked_event.wait()
+                self.sent += len(data)
             await self.send(bytes_data=data)
 
     async def receive(self, text_data=None, bytes_data=None):
@@ -203,6 +214,10 @@ class TerminalConsumer(AsyncWebsocketConsumer):
             try:
                 message = json.loads(text_data)
             except ValueError:
+                return
+            if message.get("type") == "ack":
+                self.acked = max(self.acked, int(message.get("bytes") or 0))
+                self.acked_event.set()
                 return
             if message.get("type") == "resize":
                 rows, cols = _size(message)
@@ -244,6 +259,9 @@ class DockerAttachWebsocketConsumer(AttachTerminalConsumer):
 
     control_messages = False
     resize_on_attach = False
+
+
+SEND_WINDOW = 1 << 20
 
 
 def _size(values) -> tuple[int, int]:

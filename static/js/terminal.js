@@ -27,10 +27,20 @@
   function setStatus(text, cls) { status.textContent = text; status.className = "badge " + cls; }
 
   ws.onopen = function () { setStatus("connected", "ok"); term.focus(); };
+  // Flow control: tell the server how much xterm has rendered, every 64 KiB; it keeps at most 1 MiB
+  // in flight, so a flood never freezes the page nor piles up in the server.
+  var rendered = 0, reported = 0;
   ws.onmessage = function (msg) {
     if (typeof msg.data !== "string") {
       // xterm decodes UTF-8 itself and keeps a character split across two frames whole.
-      term.write(new Uint8Array(msg.data));
+      var chunk = new Uint8Array(msg.data);
+      term.write(chunk, function () {
+        rendered += chunk.length;
+        if (rendered - reported >= 65536 && ws.readyState === WebSocket.OPEN) {
+          reported = rendered;
+          ws.send(JSON.stringify({ type: "ack", bytes: rendered }));
+        }
+      });
       return;
     }
     var e = JSON.parse(msg.data);
