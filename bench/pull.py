@@ -24,6 +24,8 @@ This is not a test: nothing here runs in the suite.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import argparse
 import gzip
 import hashlib
@@ -425,7 +427,7 @@ def _run(argv: list[str]) -> str:
 
 
 @dataclass
-class Side:
+class Side(ABC):
     """One engine under test, driven by the docker CLI."""
 
     name: str
@@ -454,8 +456,9 @@ class Side:
             self.docker("rmi", "-f", self.reference)
         self.check_cold()
 
+    @abstractmethod
     def check_cold(self) -> None:
-        raise NotImplementedError
+        ...
 
     def pull_once(self, image: BenchImage, profile: str | None = None,
                   counted: bool = True) -> tuple[float, int, int]:

@@ -26,6 +26,8 @@ dir. This is not a test: nothing here runs in the suite.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import argparse
 import http.client
 import json
@@ -193,7 +195,7 @@ def percentile(values: list[float], p: float) -> float:
 
 
 @dataclass
-class Engine:
+class Engine(ABC):
     name: str
     side: object  # bench.pull.DockerSide / BerthSide
     api: Api
@@ -214,8 +216,9 @@ class Engine:
         for cid in self.api.ids():
             self.api.delete(cid, force=True)
 
+    @abstractmethod
     def daemon_pids(self) -> dict[str, list[int]]:
-        raise NotImplementedError
+        ...
 
 
 class DockerEngine(Engine):
