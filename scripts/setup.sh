@@ -33,7 +33,7 @@ if [ -n "$missing" ]; then
   fi
   apt-get update -qq || die "apt-get update failed: check the machine's network and /etc/apt/sources.list"
   # shellcheck disable=SC2086
-  apt-get install -y -qq --no-install-recommends $missing >/dev/null \
+  apt-get install -y -qq $missing >/dev/null \
     || die "could not install:$missing (see apt-get's messages above)"
   if [ "${remove_policy:-0}" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
 fi
