@@ -68,20 +68,11 @@ def version(request):
 
 
 def engine_counts() -> dict:
-    """Container and image counts for ``docker info``, from the models when they exist."""
-    from django.apps import apps
+    """Container and image counts for ``docker info`` and the dashboard, from the models."""
+    from containers.services import docker_info_counts as container_counts
+    from images.services import docker_info_counts as image_counts
 
-    counts = {"Containers": 0, "ContainersRunning": 0, "ContainersPaused": 0, "ContainersStopped": 0, "Images": 0}
-    facts = system_info()
-    counts["Containers"] = facts["containers_on_disk"]
-    counts["ContainersStopped"] = facts["containers_on_disk"]
-    counts["Images"] = facts["images_on_disk"]
-    for app_label, hook in (("images", "docker_info_counts"), ("containers", "docker_info_counts")):
-        module = apps.get_app_config(app_label).module
-        services = getattr(module, "services", None)
-        if services is not None and hasattr(services, hook):
-            counts.update(getattr(services, hook)())
-    return counts
+    return {**container_counts(), **image_counts()}
 
 
 def engine_id() -> str:
