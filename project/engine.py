@@ -18,18 +18,9 @@ def runtime_config() -> RuntimeConfig:
 
 
 @lru_cache(maxsize=1)
-def _static_info() -> dict:
-    """The parts of system_info that do not change while the process runs (versions, host)."""
-    return info.system_info(runtime_config())
-
-
 def system_info() -> dict:
-    """Host and engine facts; the counts are read fresh every time."""
-    facts = dict(_static_info())
-    config = runtime_config()
-    facts["images_on_disk"] = info.count_entries(config.path("images"), ".json")
-    facts["containers_on_disk"] = info.count_entries(config.path("containers"))
-    return facts
+    """Host and engine facts that do not change while the process runs (versions, host, root)."""
+    return info.system_info(runtime_config())
 
 
 _engine = None

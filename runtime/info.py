@@ -76,14 +76,6 @@ def mem_total() -> int:
     return 0
 
 
-def count_entries(path: str, suffix: str = "") -> int:
-    """How many entries (ending with ``suffix``) a directory has; 0 when it does not exist."""
-    try:
-        return sum(1 for name in os.listdir(path) if name.endswith(suffix) and not name.startswith("."))
-    except FileNotFoundError:
-        return 0
-
-
 def system_info(config: RuntimeConfig) -> dict:
     """Everything the engine knows about its host, for ``docker info`` and the dashboard."""
     release = os_release()
@@ -104,6 +96,4 @@ def system_info(config: RuntimeConfig) -> dict:
         "root": config.root,
         "runc": runc_version(config),
         "conmon": conmon_version(config),
-        "images_on_disk": count_entries(config.path("images"), ".json"),
-        "containers_on_disk": count_entries(config.path("containers")),
     }
