@@ -6,6 +6,8 @@ succeeded, failed or cancelled when the block ends (Baserow's run_async_job, Net
 
 Events published to the ``job_<pk>`` and ``events`` groups:
 - ``{"type": "job.event", "job": pk, "seq": n, ...message}``: a log line (kept as a JobEvent);
+  log lines are written in batches (one ``bulk_create`` at most every ``EVENT_FLUSH_INTERVAL``
+  seconds, and when the job ends) and each is published once its row is committed, in seq order;
 - ``{"type": "job.progress", "job": pk, "id": ..., "current": c, "total": t, ...message}``: live only;
 - ``{"type": "job.state", "job": pk, "status": ..., "error": ...}``: a state change.
 """
@@ -16,7 +18,7 @@ import logging
 import threading
 import time
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from runtime.errors import Cancelled
@@ -29,6 +31,8 @@ logger = logging.getLogger(__name__)
 
 CANCEL_POLL_INTERVAL = 0.5
 PROGRESS_SAVE_INTERVAL = 1.0
+# A log line waits at most this long for the lines after it, to share their database write.
+EVENT_FLUSH_INTERVAL = 0.05
 
 
 def create_job(kind: str, target: str, user=None, **params) -> Job:
@@ -96,6 +100,12 @@ class JobRun:
         self._cancelled = False
         self._progress_saved = 0.0
         self._error_emitted = False
+        # Log lines not written yet, (seq, time, message); a thread writes them in batches.
+        self._pending: list[tuple[int, object, dict]] = []
+        self._wake = threading.Condition(self._lock)
+        self._flush_lock = threading.Lock()  # one batch written and published at a time, in order
+        self._flusher: threading.Thread | None = None
+        self._closing = False
 
     @property
     def skip(self) -> bool:
@@ -114,6 +124,7 @@ class JobRun:
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         if self.skip and exc is None:
+            self._close()
             return False
         if exc is None:
             self.finish(JobStatusChoices.SUCCEEDED)
@@ -131,6 +142,7 @@ class JobRun:
         return _is_expected(exc) or isinstance(exc, Cancelled)
 
     def finish(self, status: str, error: str = "", result: dict | None = None) -> None:
+        self._close()  # every log line is in the database before the job says it ended
         self.job.status = status
         self.job.error = error
         self.job.finished_at = timezone.now()
@@ -163,10 +175,65 @@ class JobRun:
             self._error_emitted = True
         with self._lock:
             self._seq += 1
-            seq = self._seq
-            JobEvent.objects.create(job_id=self.job.pk, seq=seq, data=message)
-        event = {"type": "job.event", "job": self.job.pk, "seq": seq, **message}
-        realtime.publish(self.job.group_name, event)
+            self._pending.append((self._seq, timezone.now(), dict(message)))
+            if self._closing:
+                pass  # _close() writes it
+            elif self._flusher is None:
+                self._flusher = threading.Thread(target=self._flush_loop, daemon=True,
+                                                 name=f"job-{self.job.pk}-events")
+                self._flusher.start()
+            elif len(self._pending) == 1:
+                self._wake.notify()
+        if self._closing:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the pending log lines in one statement, then publish them (in seq order)."""
+        with self._flush_lock:
+            with self._lock:
+                batch, self._pending = self._pending, []
+            if not batch:
+                return
+            try:
+                JobEvent.objects.bulk_create(
+                    [JobEvent(job_id=self.job.pk, seq=seq, time=when, data=message) for seq, when, message in batch])
+            except BaseException:
+                with self._lock:  # keep them for the next try (the final one raises)
+                    self._pending[:0] = batch
+                raise
+            for seq, _, message in batch:
+                realtime.publish(self.job.group_name, {"type": "job.event", "job": self.job.pk, "seq": seq, **message})
+
+    def _flush_loop(self) -> None:
+        """The writer thread: a batch ``EVENT_FLUSH_INTERVAL`` after its first line, until ``_close()``."""
+        try:
+            while True:
+                with self._lock:
+                    while not self._pending and not self._closing:
+                        self._wake.wait()
+                    if self._closing:
+                        return
+                    deadline = time.monotonic() + EVENT_FLUSH_INTERVAL
+                    while not self._closing and (left := deadline - time.monotonic()) > 0:
+                        self._wake.wait(left)
+                    if self._closing:
+                        return
+                try:
+                    self.flush()
+                except Exception:
+                    logger.exception("job %s: writing log lines (retried when the job ends)", self.job.pk)
+        finally:
+            connection.close()  # this thread's own connection
+
+    def _close(self) -> None:
+        """Stop the writer thread and write what is left, here."""
+        with self._lock:
+            self._closing = True
+            self._wake.notify_all()
+            flusher = self._flusher
+        if flusher is not None and flusher is not threading.current_thread():
+            flusher.join()
+        self.flush()
 
     def _progress(self, message: dict, detail: dict) -> None:
         key = message.get("id") or "-"
