@@ -1,8 +1,10 @@
 """Streaming a job's events as the Docker API's JSON-lines answer (pull, push, load, build).
 
 The stream joins the job's Channels group first, then replays the log already in the database,
-then follows live events; every few seconds it looks at the database too, so an event lost by the
-channel layer is still sent, and the stream ends when the job does.
+then follows live events: a log line that comes next in seq order is sent as it arrived (JobRun
+publishes a line only once its row is committed), any other sign of news (a gap in seq, a state
+change) sends it back to the database; every few seconds it looks at the database too, so an event
+lost by the channel layer is still sent, and the stream ends when the job does.
 """
 
 import asyncio
@@ -45,23 +47,33 @@ async def job_stream(job_id: int, *, cancel_on_disconnect: bool = True):
     await layer.group_add(group, channel)
     last_seq = 0
     finished = False
+    read = True  # look at the database (the log after last_seq, the job's state) before waiting
     try:
         while True:
-            events, status, error = await _events_after(job_id, last_seq)
-            for seq, data in events:
-                last_seq = seq
-                yield _line(docker_message(data))
-            if status in TERMINAL_JOB_STATES:
-                finished = True
-                return
+            if read:
+                events, status, error = await _events_after(job_id, last_seq)
+                for seq, data in events:
+                    last_seq = seq
+                    yield _line(docker_message(data))
+                if status in TERMINAL_JOB_STATES:
+                    finished = True
+                    return
             try:
                 message = await asyncio.wait_for(layer.receive(channel), POLL_INTERVAL)
             except asyncio.TimeoutError:
+                read = True
                 continue
             event = message.get("event", {})
-            if event.get("type") == "job.progress":
+            kind = event.get("type")
+            read = False
+            if kind == "job.progress":
                 yield _line(docker_message(event))
-            # job.event and job.state: the loop reads them from the database, in order.
+            elif kind == "job.event" and event.get("seq") == last_seq + 1:
+                last_seq = event["seq"]
+                yield _line(docker_message(event))
+            elif kind != "job.event" or event.get("seq", 0) > last_seq:
+                # A state change, or a line after one the channel layer lost: read them, in order.
+                read = True
     except (asyncio.CancelledError, GeneratorExit):
         if cancel_on_disconnect and not finished:
             # The client went away (Ctrl-C on `docker pull`): stop the job as dockerd does.
