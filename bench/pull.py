@@ -503,7 +503,11 @@ class Side(ABC):
 
 
 class DockerSide(Side):
-    def __init__(self, workdir: str, logdir: str, registry_host: str, reference: str):
+    # No bridge and no iptables: this dockerd touches no host network (bench/run_bridge.py passes others).
+    NETWORK_ARGS = ("--iptables=false", "--ip-masq=false", "--bridge=none")
+
+    def __init__(self, workdir: str, logdir: str, registry_host: str, reference: str,
+                 network_args: tuple[str, ...] = NETWORK_ARGS):
         self.workdir = workdir
         os.makedirs(workdir)
         self.data_root = os.path.join(workdir, "data")
@@ -511,7 +515,7 @@ class DockerSide(Side):
         self.log_path = os.path.join(logdir, "dockerd.log")
         argv = ["dockerd", "--data-root", self.data_root, "--exec-root", os.path.join(workdir, "exec"),
                 "--pidfile", os.path.join(workdir, "docker.pid"), "--host", f"unix://{sock}",
-                "--insecure-registry", registry_host, "--iptables=false", "--ip-masq=false", "--bridge=none"]
+                "--insecure-registry", registry_host, *network_args]
         with open(self.log_path, "wb") as logf:
             self.popen = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT,
                                           stdin=subprocess.DEVNULL, start_new_session=True)

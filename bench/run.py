@@ -489,9 +489,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="record Berth's Python processes with py-spy (raw stacks, one file each) into DIR; "
                              "slows Berth down: the figures of such a run do not count")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs) at the end")
+    parser.add_argument("--network", choices=("none", "bridge"), default="none",
+                        help="bridge: only `docker run --rm busybox true` (and its API flow) on each engine's "
+                             "default bridge network, dockerd with a bridge of its own (bench/run_bridge.py)")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         parser.error("run as root (dockerd and Berth's worker need it)")
+    if args.network == "bridge":
+        from bench.run_bridge import main_bridge
+
+        return main_bridge(args)
     phases = set(args.phases.split(","))
 
     def interrupted(signum, frame):

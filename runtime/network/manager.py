@@ -60,6 +60,8 @@ DEFAULT_CANDIDATES = ("10.89.0.0/16", "10.91.0.0/16", "10.92.0.0/16", "10.93.0.0
 # User networks without a subnet get the first free /24 of this range.
 USER_SUBNETS = "10.90.0.0/16"
 IPAM_DIR = "/run/berth/cni/ipam"
+_IN_MOVED_FROM = 0x00000040  # inotify: the pool keeper wakes when an entry is claimed (renamed away)
+_IN_DELETE = 0x00000200
 NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 ISOLATION_1 = "BERTH-ISOLATION-1"
 ISOLATION_2 = "BERTH-ISOLATION-2"
@@ -152,6 +154,9 @@ class NetworkManager:
         self.pool_size = 0
         self._pool_thread: threading.Thread | None = None
         self._pool_lock = threading.Lock()
+        # The keeper: refills the pool when another process (a Celery pool process) claims from it.
+        self._pool_keeper: threading.Thread | None = None
+        self._pool_wake = -1
         self._host_rules_done = False
         # network_id()'s answers, valid while the networks dir keeps this st_mtime_ns.
         self._id_cache: tuple[int, dict[str, str]] = (0, {})
@@ -810,10 +815,40 @@ class NetworkManager:
         that a container's start runs no CNI plugin but portmap (when it publishes ports)."""
         self.pool_size = size
         self._refill_pool_async()
+        with self._pool_lock:
+            if self._pool_keeper is None or not self._pool_keeper.is_alive():
+                wake_read, self._pool_wake = os.pipe()
+                self._pool_keeper = threading.Thread(target=self._keep_pool, args=(wake_read,), daemon=True,
+                                                     name="berth-netns-pool-keeper")
+                self._pool_keeper.start()
+
+    def _keep_pool(self, wake_fd: int) -> None:
+        """While the pool is on: refill whenever an entry leaves the pool dir. The worker's main
+        process keeps the pool, but containers start in its pool processes, which claim entries
+        from the same dir (a rename) and do not refill it themselves."""
+        from runtime.monitor import FileWatch
+
+        try:
+            with FileWatch([(self.pool_dir, _IN_MOVED_FROM | _IN_DELETE)]) as watch:
+                while self.pool_size > 0:
+                    self._refill_pool_async()
+                    watch.wait(5.0, extra_fds=(wake_fd,))
+        except Exception:
+            logger.exception("the namespace pool's keeper stopped")
+        finally:
+            os.close(wake_fd)
 
     def stop_pool(self) -> None:
         """Stop refilling and DEL the ready namespaces."""
         self.pool_size = 0
+        keeper = self._pool_keeper
+        if keeper is not None:
+            with contextlib.suppress(OSError):
+                os.write(self._pool_wake, b"x")
+            keeper.join()
+            with contextlib.suppress(OSError):
+                os.close(self._pool_wake)
+            self._pool_keeper, self._pool_wake = None, -1
         thread = self._pool_thread
         if thread is not None:
             thread.join()
@@ -869,8 +904,8 @@ class NetworkManager:
         os.rename(adding, os.path.join(self.pool_dir, f"{pid}.json"))
 
     def _claim_pool(self) -> dict | None:
-        if self.pool_size <= 0:
-            return None
+        """A ready entry, whoever keeps the pool: this process or another one on the same root
+        (the worker's main process, for its pool processes). None when there is none."""
         for entry in self._ready_pool():
             path = os.path.join(self.pool_dir, entry)
             try:

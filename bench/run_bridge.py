@@ -1,0 +1,315 @@
+"""bench/run.py's bridge mode (issue 5): ``docker run --rm busybox true`` on each engine's default
+bridge network, the engines side by side in one run.
+
+Run by hand, as root, with the project's virtualenv (see bench/README.md)::
+
+    .venv/bin/python bench/run.py --network bridge [--runs 20]
+
+dockerd runs WITH a default bridge here, but its own: a bridge the bench creates (``bbench<hex>``,
+a private /24 that overlaps no host route and none of Berth's subnets) and hands to dockerd with
+``--bridge`` (dockerd refuses ``--bip`` together with ``--bridge``, and creates only ``docker0`` by
+itself, so the bench makes the bridge and gives it its address), with ``--iptables=true``. Berth runs
+as in bench/run.py (tests/live.py): its worker keeps pre-networked namespaces on its default bridge
+(``berth0``). Then, interleaved, ``--runs`` times each after ``--warmup`` uncounted:
+
+1. the CLI's ``docker run --rm busybox true`` (no ``--network``: the default bridge);
+2. the same through the Engine API on one keep-alive connection: create (``NetworkMode: bridge``)
+   -> start -> wait -> delete.
+
+First, one ``docker run --rm busybox ip -4 addr show eth0`` per engine checks that the container
+really got an address on that engine's bridge. No container sends anything: the only traffic is the
+CLIs' and the API's, on loopback and unix sockets.
+
+At the end, after both engines stopped: the bridge is deleted, and the iptables rules dockerd added
+(those naming our bridge or subnet, the jumps to its chains) and its ``DOCKER*`` chains, when they
+did not exist before the run, are removed; ``ip_forward`` and ``bridge-nf-call-iptables`` are put
+back if dockerd changed them. What is left (a bridge, a chain, a namespace of ours) is reported.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import secrets
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import tempfile
+import time
+
+from bench.pull import DockerSide, LoopFilesystem, _unmount_under, log
+from bench.run import (
+    IMAGE,
+    TARGET_RUN_RATIO,
+    Api,
+    DockerEngine,
+    Engine,
+    _UnixConnection,
+    _profiler,
+    load_busybox,
+    percentile,
+    start_berth,
+)
+
+# Subnets the bench may give dockerd's bridge, first free one wins; none overlaps Berth's default
+# bridge candidates (10.89/16, 10.91-93/16, 172.29/16) or its user networks (10.90/16).
+BRIDGE_CANDIDATES = ("10.252.213.0/24", "10.253.77.0/24", "172.31.213.0/24", "192.168.213.0/24")
+BERTH_SUBNETS = ("10.89.0.0/16", "10.90.0.0/16", "10.91.0.0/16", "10.92.0.0/16", "10.93.0.0/16", "172.29.0.0/16")
+SYSCTLS = ("/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/bridge/bridge-nf-call-iptables")
+TABLES = ("filter", "nat")
+
+
+def _sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, check=check, capture_output=True, text=True, timeout=60)
+
+
+def _routes() -> list[ipaddress.IPv4Network]:
+    out = []
+    for line in _sh("ip", "-4", "route", "show", "table", "all").stdout.splitlines():
+        word = line.split()[0] if line.split() else ""
+        if word in ("local", "broadcast", "unreachable", "blackhole", "prohibit", "multicast"):
+            word = line.split()[1]
+        if word == "default":
+            continue
+        try:
+            out.append(ipaddress.ip_network(word, strict=False))
+        except ValueError:
+            continue
+    return out
+
+
+def _chains(table: str) -> set[str]:
+    return {line.split()[1] for line in _sh("iptables", "-t", table, "-S").stdout.splitlines()
+            if line.startswith("-N ")}
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+class DockerBridge:
+    """dockerd's default bridge, made by the bench, and what dockerd does to the host's firewall
+    and sysctls because of it; ``remove()`` undoes all of it."""
+
+    def __init__(self):
+        self.name = "bbench" + secrets.token_hex(3)
+        taken = _routes() + [ipaddress.ip_network(s) for s in BERTH_SUBNETS]
+        free = [s for s in BRIDGE_CANDIDATES if not any(ipaddress.ip_network(s).overlaps(t) for t in taken)]
+        if not free:
+            raise RuntimeError(f"every bridge subnet candidate is routed already: {BRIDGE_CANDIDATES}")
+        self.subnet = ipaddress.ip_network(free[0])
+        self.gateway = f"{next(self.subnet.hosts())}/{self.subnet.prefixlen}"
+        self.chains_before = {t: _chains(t) for t in TABLES}
+        self.sysctls_before = {p: _read(p) for p in SYSCTLS}
+        _sh("ip", "link", "add", self.name, "type", "bridge")
+        try:
+            _sh("ip", "addr", "add", self.gateway, "dev", self.name)
+            _sh("ip", "link", "set", self.name, "up")
+        except BaseException:
+            self.remove()
+            raise
+        log(f"docker bridge {self.name} {self.gateway}")
+
+    def dockerd_args(self) -> tuple[str, ...]:
+        return (f"--bridge={self.name}", "--iptables=true", "--ip-masq=true")
+
+    def _ours(self, table: str, line: str, new_chains: set[str]) -> bool:
+        words = shlex.split(line)
+        if self.name in words or str(self.subnet) in words:
+            return True
+        return "-j" in words and words[words.index("-j") + 1] in new_chains
+
+    def remove(self) -> list[str]:
+        """After dockerd stopped: delete the bridge, dockerd's rules and new chains; put sysctls
+        back. Returns what could not be removed."""
+        left = []
+        if os.path.exists(f"/sys/class/net/{self.name}"):
+            _sh("ip", "link", "del", self.name, check=False)
+        for table in TABLES:
+            # Only the DOCKER* chains that appeared during the run are dockerd's (CNI chains of the
+            # Berths running meanwhile are not ours to touch).
+            new_chains = {c for c in _chains(table) - self.chains_before[table] if c.startswith("DOCKER")}
+            for line in _sh("iptables", "-t", table, "-S").stdout.splitlines():
+                if not line.startswith("-A "):
+                    continue
+                words = shlex.split(line)
+                if words[1] in new_chains:
+                    continue  # flushed below
+                if self._ours(table, line, new_chains):
+                    _sh("iptables", "-t", table, "-D", *words[1:], check=False)
+            for chain in new_chains:
+                _sh("iptables", "-t", table, "-F", chain, check=False)
+            for chain in new_chains:
+                if _sh("iptables", "-t", table, "-X", chain, check=False).returncode != 0:
+                    left.append(f"{table} chain {chain}")
+            for line in _sh("iptables", "-t", table, "-S").stdout.splitlines():
+                if line.startswith("-A ") and self._ours(table, line, set()):
+                    left.append(f"{table}: {line}")
+        for path, value in self.sysctls_before.items():
+            if value is not None and _read(path) != value:
+                with open(path, "w") as f:
+                    f.write(value)
+                log(f"{path} put back to {value}")
+        if os.path.exists(f"/sys/class/net/{self.name}"):
+            left.append(f"bridge {self.name}")
+        return left
+
+
+#
+# The measurements
+#
+
+
+def _bridge_address(engine: Engine) -> str:
+    out = engine.docker("run", "--rm", IMAGE, "ip", "-4", "addr", "show", "eth0", timeout=60).stdout
+    found = re.search(r"inet (\d+\.\d+\.\d+\.\d+/\d+)", out)
+    if not found:
+        raise RuntimeError(f"{engine.name}: a default-network container has no IPv4 address on eth0: {out!r}")
+    return found.group(1)
+
+
+def api_bridge_run_once(api: Api) -> float:
+    started = time.monotonic()
+    body = {"Image": IMAGE, "Cmd": ["true"], "HostConfig": {"NetworkMode": "bridge", "AutoRemove": False}}
+    cid = api.call("POST", "/containers/create", body)["Id"]
+    api.start(cid)
+    code = api.wait(cid)
+    api.delete(cid)
+    elapsed = time.monotonic() - started
+    if code != 0:
+        raise RuntimeError(f"busybox true exited {code}")
+    return elapsed
+
+
+def measure_bridge_run(engines: list[Engine], runs: int, warmup: int) -> None:
+    argv = ("run", "--rm", IMAGE, "true")
+    for engine in engines:
+        for _ in range(warmup):
+            engine.docker(*argv, timeout=60)
+            api_bridge_run_once(engine.api)
+        if engine.api.ids():
+            raise RuntimeError(f"{engine.name}: docker run --rm left a container")
+    for run in range(runs):
+        for engine in (engines if run % 2 == 0 else list(reversed(engines))):
+            started = time.monotonic()
+            engine.docker(*argv, timeout=60)
+            engine.cli_run.append(time.monotonic() - started)
+    for run in range(runs):
+        for engine in (engines if run % 2 == 0 else list(reversed(engines))):
+            engine.api_run.append(api_bridge_run_once(engine.api))
+    for engine in engines:
+        log(f"{engine.name}: bridge docker run --rm median {statistics.median(engine.cli_run) * 1000:.0f} ms, "
+            f"API run median {statistics.median(engine.api_run) * 1000:.0f} ms")
+
+
+def report_bridge(engines: list[Engine], args, docker_version: str, addresses: dict[str, str],
+                  bridge: DockerBridge) -> str:
+    by = {e.name: e for e in engines}
+    lines = [f"dockerd {docker_version}, --bridge={bridge.name} ({bridge.gateway}) --iptables=true; "
+             f"{os.cpu_count()} CPUs; a container's eth0: "
+             + ", ".join(f"{name} {address}" for name, address in addresses.items()),
+             f"runs: {args.runs} interleaved (after {args.warmup} uncounted each)", "",
+             "| measure (default bridge network) | " + " | ".join(e.name for e in engines) + " | berth/docker |",
+             "|---|" + "---|" * len(engines) + "---|"]
+
+    def row(label: str, get, target: float | None) -> None:
+        values = {e.name: get(e) for e in engines}
+        ratio = ""
+        if "berth" in by and "docker" in by and values["docker"]:
+            r = values["berth"] / values["docker"]
+            ratio = f"{r:.2f}" + (f" (target <= {target:.2f}: {'meets' if r <= target else 'misses'})"
+                                  if target else "")
+        lines.append(f"| {label} | " + " | ".join(f"{values[e.name] * 1000:.0f}" for e in engines) + f" | {ratio} |")
+
+    row("`docker run --rm busybox true`, median ms", lambda e: statistics.median(e.cli_run), TARGET_RUN_RATIO)
+    row("same, p90 ms", lambda e: percentile(e.cli_run, 0.9), None)
+    row("API create (NetworkMode bridge) -> start -> wait -> delete, median ms",
+        lambda e: statistics.median(e.api_run), TARGET_RUN_RATIO)
+    row("same, p90 ms", lambda e: percentile(e.api_run, 0.9), None)
+    return "\n".join(lines)
+
+
+def _berth_leftovers(berth: Engine) -> list[str]:
+    netns_dir = os.path.join(os.environ.get("RUNTIME_RUN_ROOT", ""), "netns")
+    left = [f"berth netns {e}" for e in os.listdir(netns_dir)] if os.path.isdir(netns_dir) else []
+    pool_dir = os.path.join(berth.side.runtime_root, "networks", "pool")
+    left += [f"berth pool entry {e}" for e in os.listdir(pool_dir)] if os.path.isdir(pool_dir) else []
+    return left
+
+
+def main_bridge(args) -> int:
+    def interrupted(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupted)
+    tempdir = tempfile.mkdtemp(prefix="berth-bench-bridge-")
+    workdir = tempdir
+    loop = bridge = side = docker = berth = None
+    spies: list[subprocess.Popen] = []
+    try:
+        if args.fs == "loop":
+            loop = LoopFilesystem(tempdir)
+            workdir = loop.mountpoint
+        logdir = os.path.join(tempdir, "logs")
+        os.makedirs(logdir)
+        bridge = DockerBridge()
+        log("starting dockerd (with its bridge) and Berth...")
+        side = DockerSide(os.path.join(workdir, "docker"), logdir, "127.0.0.1:1", IMAGE,
+                          network_args=bridge.dockerd_args())
+        sock = side.env["DOCKER_HOST"][len("unix://"):]
+        docker = DockerEngine("docker", side, Api(lambda: _UnixConnection(sock)), "containerd-shim-runc-v2",
+                              os.path.join(side.workdir, "exec"))
+        berth = start_berth(workdir, logdir)
+        docker_version = f"{docker.side.version} ({docker.side.driver})"
+        load_busybox(berth, docker, tempdir)
+        engines = [e for e in (docker, berth) if not args.only or e.name == args.only]
+        for engine in engines:
+            engine.remove_all()
+        addresses = {e.name: _bridge_address(e) for e in engines}
+        log(f"eth0 addresses: {addresses}")
+        if "docker" in addresses and ipaddress.ip_interface(addresses["docker"]).ip not in bridge.subnet:
+            raise RuntimeError(f"docker's container is not on {bridge.subnet}: {addresses['docker']}")
+        if args.profile:
+            os.makedirs(args.profile, exist_ok=True)
+            spies = _profiler(berth, args.profile)
+        measure_bridge_run(engines, args.runs, args.warmup)
+        print(report_bridge(engines, args, docker_version, addresses, bridge))
+        return 0
+    finally:
+        for spy in spies:
+            spy.send_signal(signal.SIGINT)
+            try:
+                spy.wait(60)
+            except subprocess.TimeoutExpired:
+                spy.kill()
+                spy.wait()
+        for engine in (e for e in (docker, berth) if e is not None):
+            try:
+                engine.remove_all()
+            except Exception as exc:  # noqa: BLE001 - keep cleaning up
+                log(f"{engine.name}: removing its containers failed: {exc}")
+            engine.api.close()
+        if berth is not None:
+            berth.side.stop()
+            left = _berth_leftovers(berth)
+            if left:
+                log(f"LEFT BEHIND by Berth: {left}")
+        if side is not None:
+            side.stop()
+        if bridge is not None:
+            left = bridge.remove()
+            log(f"LEFT BEHIND: {left}" if left else f"removed bridge {bridge.name} and dockerd's iptables rules")
+        if loop is not None:
+            loop.stop()
+        if args.keep:
+            log(f"kept the logs in {tempdir}/logs")
+        else:
+            _unmount_under(tempdir)
+            shutil.rmtree(tempdir, ignore_errors=True)
