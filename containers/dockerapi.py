@@ -57,12 +57,10 @@ def container_create(request):
 def container_list(request):
     """``GET /containers/json?all=&limit=&filters=``."""
     wanted = query_filters(request)
-    records = engine().list(all=query_bool(request, "all") or bool(wanted.get("status")))
-    answer = []
-    for record in records:
-        summary = engine().summary(record)
-        if "status" in wanted and summary["State"] not in wanted["status"]:
-            continue
+    store = engine()
+    records = []
+    # Shared records (not copied): this view only reads them.
+    for record in store.list(all=query_bool(request, "all") or bool(wanted.get("status")), shared=True):
         if "name" in wanted and not any(n in record.name for n in wanted["name"]):
             continue
         if "id" in wanted and not any(record.id.startswith(i) for i in wanted["id"]):
@@ -71,7 +69,8 @@ def container_list(request):
             continue
         if "ancestor" in wanted and not any(a in (record.image_ref, record.image_id) for a in wanted["ancestor"]):
             continue
-        answer.append(summary)
+        records.append(record)
+    answer = [s for s in store.summaries(records) if "status" not in wanted or s["State"] in wanted["status"]]
     answer.sort(key=lambda s: s["Created"], reverse=True)
     limit = query_int(request, "limit")
     if limit and limit > 0:

@@ -39,6 +39,7 @@ import contextlib
 import errno
 import dataclasses
 import fcntl
+import functools
 import json
 import os
 import re
@@ -317,6 +318,8 @@ class ContainerStore:
         self.volumes = volumes if volumes is not None else VolumeStore(config.root)
         self._boot_id = _boot_id()
         self._last_stats: dict[str, tuple[float, dict]] = {}
+        # list()'s parsed records: id -> ((st_ino, st_mtime_ns, st_size) of config.json, record).
+        self._listed: dict[str, tuple[tuple[int, int, int], ContainerRecord]] = {}
         os.makedirs(self.root, mode=0o700, exist_ok=True)
 
     #
@@ -391,6 +394,51 @@ class ContainerStore:
         except (FileNotFoundError, NotADirectoryError):
             return None
 
+    # list() keeps a parsed record only when its config.json was written over a second ago: see _read_listed.
+    LISTED_MIN_AGE_NS = 1_000_000_000
+
+    def _read_listed(self, cid: str, *, shared: bool = False) -> ContainerRecord | None:
+        """``_read(cid)`` for list(): a record parsed before is given again (a copy) while its
+        config.json keeps the same inode, mtime and size.
+
+        Every record write is a rename of a new file (``_write``): a new inode and a new mtime. A file
+        is only remembered when its mtime is over LISTED_MIN_AGE_NS old, so a later write, which gets a
+        later mtime, can never match the remembered one even if its inode number and size were
+        reused within one tick of the file system's clock. An exit is not in the record until
+        ``_sync`` writes it: list() still checks every CREATED or active record's exit file.
+
+        A hit costs one stat. A miss reads the file through the descriptor it fstat()s, so what is
+        remembered is exactly what that stamp names. ``shared``: the remembered record itself, not a
+        copy, for a caller that only reads it.
+        """
+        path = self._record_path(cid)
+        known = self._listed.get(cid)
+        if known is not None:
+            try:
+                st = os.stat(path)
+            except (FileNotFoundError, NotADirectoryError):
+                self._listed.pop(cid, None)
+                return None
+            if known[0] == (st.st_ino, st.st_mtime_ns, st.st_size):
+                return known[1] if shared else _copy_record(known[1])
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError):
+            self._listed.pop(cid, None)
+            return None
+        try:
+            st = os.fstat(fd)
+            stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+            with open(fd, "rb", closefd=False) as f:
+                record = ContainerRecord.from_json(json.load(f))
+        finally:
+            os.close(fd)
+        if time.time_ns() - st.st_mtime_ns > self.LISTED_MIN_AGE_NS:
+            self._listed[cid] = (stamp, record)
+            return record if shared else _copy_record(record)
+        self._listed.pop(cid, None)
+        return record
+
     def _write(self, record: ContainerRecord, *, durable: bool = False) -> None:
         """Replace the record atomically. ``durable`` also fsyncs (the first write at create):
         later updates rely on ext4's flush of a file renamed over another, and sync() repairs
@@ -449,16 +497,25 @@ class ContainerStore:
                 return matches[0]
         raise NotFound(f"No such container: {key}")
 
-    def list(self, all: bool = False) -> list[ContainerRecord]:
-        """The containers, newest first (``docker ps``; ``all`` also those not running), synced."""
+    def list(self, all: bool = False, *, shared: bool = False) -> list[ContainerRecord]:
+        """The containers, newest first (``docker ps``; ``all`` also those not running), synced.
+
+        ``shared``: records list() remembers are given as they are, not copied (``docker ps``, which
+        only reads them): the caller must not change them.
+        """
         records = []
-        for cid in self._ids():
-            record = self._read(cid)
+        ids = self._ids()
+        for cid in ids:
+            record = self._read_listed(cid, shared=shared)
             if record is None:
                 continue
             record = self._synced(record)
             if all or record.state in ACTIVE_STATES:
                 records.append(record)
+        if len(self._listed) > len(ids):
+            present = set(ids)
+            for cid in [c for c in self._listed if c not in present]:
+                self._listed.pop(cid, None)
         records.sort(key=_created_ns, reverse=True)
         return records
 
@@ -1691,6 +1748,22 @@ class ContainerStore:
 
     def summary(self, record: ContainerRecord) -> dict:
         """One entry of ``GET /containers/json`` (ContainerSummary) for ``record``."""
+        return self.summaries([record])[0]
+
+    def summaries(self, records: list[ContainerRecord]) -> list[dict]:
+        """``summary`` of each record; the network hook is asked once for all of them when it can
+        (``summary_networks``: one listing of the endpoints, each network's id once)."""
+        batch = getattr(self.network, "summary_networks", None)
+        if batch is not None:
+            parts = batch(records)
+        else:
+            ports = getattr(self.network, "summary_ports", None)
+            parts = [(ports(r) if ports is not None else _summary_ports(r.config),
+                      self._network_settings(r)["Networks"]) for r in records]
+        now = time.time_ns()
+        return [self._summary(r, p, n, now) for r, (p, n) in zip(records, parts)]
+
+    def _summary(self, record: ContainerRecord, ports: list[dict], networks: dict, now_ns: int) -> dict:
         config = record.config
         args = [f"'{a}'" if " " in a else a for a in record.args]
         command = f"{record.path} {' '.join(args)}" if args else record.path
@@ -1701,12 +1774,12 @@ class ContainerStore:
             "ImageID": record.image_id,
             "Command": command,
             "Created": _unix_seconds(record.created),
-            "Ports": getattr(self.network, "summary_ports", lambda r: _summary_ports(config))(record),
+            "Ports": ports,
             "Labels": {str(k): str(v) for k, v in (config.labels or {}).items()},
             "State": record.state.docker_status(),
-            "Status": status_text(record),
+            "Status": status_text(record, now_ns),
             "HostConfig": {"NetworkMode": config.network_mode or "default"},
-            "NetworkSettings": {"Networks": self._network_settings(record)["Networks"]},
+            "NetworkSettings": {"Networks": networks},
             "Mounts": self._mount_points(record),
         }
 
@@ -2078,18 +2151,52 @@ def _resources(config: ContainerConfig):
                                    pids_limit=config.pids_limit)
 
 
-def _created_ns(record: ContainerRecord) -> int:
+@functools.lru_cache(maxsize=4096)
+def _time_ns_or_zero(text: str) -> int:
+    """``parse_time_ns(text)``, 0 if it is not a time; remembered (list() sorts by every record's
+    created time, and its summaries show it again)."""
     try:
-        return parse_time_ns(record.created)
+        return parse_time_ns(text)
     except ValueError:
         return 0
+
+
+def _created_ns(record: ContainerRecord) -> int:
+    return _time_ns_or_zero(record.created) if isinstance(record.created, str) else 0
 
 
 def _unix_seconds(text: str) -> int:
-    try:
-        return parse_time_ns(text) // 1_000_000_000
-    except ValueError:
-        return 0
+    return _time_ns_or_zero(text) // 1_000_000_000 if isinstance(text, str) else 0
+
+
+def _copy_json(value):
+    """A copy of a JSON value (dicts, lists, scalars) sharing no dict or list with it."""
+    if type(value) is dict:
+        value = dict(value)
+        items = value.items()
+    else:
+        value = list(value)
+        items = enumerate(value)
+    for key, item in items:
+        if type(item) is dict or type(item) is list:
+            value[key] = _copy_json(item)
+    return value
+
+
+def _copy_record(record: ContainerRecord) -> ContainerRecord:
+    """A copy of a record parsed from JSON that shares nothing mutable with it (a deepcopy, ten
+    times cheaper: its values are dataclasses, dicts, lists and immutable scalars)."""
+    config = object.__new__(ContainerConfig)
+    config.__dict__.update(record.config.__dict__)
+    for key, value in config.__dict__.items():
+        if type(value) is dict or type(value) is list:
+            config.__dict__[key] = _copy_json(value)
+    config.mounts = [dataclasses.replace(m) for m in record.config.mounts]
+    copy = object.__new__(ContainerRecord)
+    copy.__dict__.update(record.__dict__)
+    copy.config = config
+    copy.args = list(record.args)
+    return copy
 
 
 def _boot_id() -> str:

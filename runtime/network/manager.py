@@ -38,7 +38,7 @@ import secrets
 import subprocess
 import threading
 import time
-from typing import Iterator
+from typing import Callable, Iterator
 
 from runtime import spec as oci_spec
 from runtime.errors import AlreadyExists, EngineError, InvalidArgument, InvalidState, NotFound
@@ -794,16 +794,30 @@ class NetworkManager:
 
     def summary_ports(self, record) -> list[dict]:
         """``docker ps``'s Ports: each published port, then exposed ports that are not published."""
-        ep = self._load_endpoint(record.id) or {}
-        out, published = [], set()
-        for m in ep.get("ports") or []:
-            out.append({"IP": m.get("hostIP") or "0.0.0.0", "PrivatePort": m["containerPort"],
-                        "PublicPort": m["hostPort"], "Type": m["protocol"]})
-            published.add((m["containerPort"], m["protocol"]))
-        for key in sorted(set(record.config.exposed_ports or {}) | set(record.config.port_bindings or {})):
-            with contextlib.suppress(InvalidArgument):
-                numbers, proto = parse_key(key)
-                out += [{"PrivatePort": n, "Type": proto} for n in numbers if (n, proto) not in published]
+        return _summary_ports(record, self._load_endpoint(record.id) or {})
+
+    def summary_networks(self, records) -> list[tuple[list[dict], dict]]:
+        """For ``docker ps``: each record's (``summary_ports``, ``settings()["Networks"]``), with one
+        listing of the endpoints dir (a created container has no endpoint: no open per container) and
+        each network's id looked up once for all."""
+        try:
+            present = set(os.listdir(self.endpoints_dir))
+        except FileNotFoundError:
+            present = set()
+        ids: dict[str, str | None] = {}
+
+        def network_id(name: str) -> str | None:
+            if name not in ids:
+                try:
+                    ids[name] = self.network_id(name)
+                except (NotFound, InvalidArgument):
+                    ids[name] = None
+            return ids[name]
+
+        out = []
+        for record in records:
+            ep = (self._load_endpoint(record.id) if f"{record.id}.json" in present else None) or {}
+            out.append((_summary_ports(record, ep), _networks(record, ep, network_id)))
         return out
 
     #
@@ -1055,23 +1069,39 @@ def _empty_endpoint() -> dict:
             "MacAddress": "", "DriverOpts": None}
 
 
-def network_settings(manager: NetworkManager, record) -> dict:
-    """Docker's ``NetworkSettings`` of a container: Ports, and Networks{name: endpoint} with the IP,
-    gateway, MAC, aliases and ids while it runs (empty fields when it does not)."""
+def _summary_ports(record, ep: dict) -> list[dict]:
+    """NetworkManager.summary_ports with the container's endpoint document (``{}``: none)."""
+    out, published = [], set()
+    for m in ep.get("ports") or []:
+        out.append({"IP": m.get("hostIP") or "0.0.0.0", "PrivatePort": m["containerPort"],
+                    "PublicPort": m["hostPort"], "Type": m["protocol"]})
+        published.add((m["containerPort"], m["protocol"]))
+    for key in sorted(set(record.config.exposed_ports or {}) | set(record.config.port_bindings or {})):
+        with contextlib.suppress(InvalidArgument):
+            numbers, proto = parse_key(key)
+            out += [{"PrivatePort": n, "Type": proto} for n in numbers if (n, proto) not in published]
+    return out
+
+
+def _network_names(record, ep: dict) -> list[str]:
     mode = record.config.network_mode or DEFAULT_NETWORK
-    ep = manager._load_endpoint(record.id) or {}
-    atts = ep.get("attachments") or {}
     if mode.startswith("container:"):
-        names = []
-    elif mode in ("host", "none"):
-        names = [mode]
-    else:
-        names = list(ep.get("networks") or {mode: {}}) if ep else [mode]
+        return []
+    if mode in ("host", "none"):
+        return [mode]
+    return list(ep.get("networks") or {mode: {}}) if ep else [mode]
+
+
+def _networks(record, ep: dict, network_id: Callable[[str], str | None]) -> dict:
+    """NetworkSettings.Networks of a container with endpoint document ``ep``; ``network_id(name)``
+    gives a network's id (None: no such network)."""
+    atts = ep.get("attachments") or {}
     networks = {}
-    for name in names:
+    for name in _network_names(record, ep):
         endpoint = _empty_endpoint()
-        with contextlib.suppress(NotFound, InvalidArgument):
-            endpoint["NetworkID"] = manager.network_id(name)
+        found = network_id(name)
+        if found is not None:
+            endpoint["NetworkID"] = found
         aliases = list(((ep.get("networks") or {}).get(name) or {}).get("aliases") or [])
         if name not in PREDEFINED:
             endpoint["Aliases"] = [record.id[:12], *aliases]
@@ -1083,6 +1113,24 @@ def network_settings(manager: NetworkManager, record) -> dict:
             endpoint.update(EndpointID=att["endpoint_id"], Gateway=att.get("gateway", ""), IPAddress=att["ip"],
                             IPPrefixLen=att.get("prefix", 0), MacAddress=att.get("mac", ""))
         networks[name] = endpoint
+    return networks
+
+
+def network_settings(manager: NetworkManager, record) -> dict:
+    """Docker's ``NetworkSettings`` of a container: Ports, and Networks{name: endpoint} with the IP,
+    gateway, MAC, aliases and ids while it runs (empty fields when it does not)."""
+    mode = record.config.network_mode or DEFAULT_NETWORK
+    ep = manager._load_endpoint(record.id) or {}
+    atts = ep.get("attachments") or {}
+    names = _network_names(record, ep)
+
+    def network_id(name: str) -> str | None:
+        try:
+            return manager.network_id(name)
+        except (NotFound, InvalidArgument):
+            return None
+
+    networks = _networks(record, ep, network_id)
     ports = {}
     for key in sorted(set(record.config.exposed_ports or {}) | set(record.config.port_bindings or {})):
         with contextlib.suppress(InvalidArgument):
