@@ -6,6 +6,7 @@
   var header = document.getElementById("container-header");
   document.addEventListener("berth:event", function (e) {
     if (!header || e.detail.type !== "container.state" || e.detail.id !== header.dataset.container) return;
+    if (window.berthBusy) return;  // a form of this page is being submitted: its answer comes next
     if (e.detail.state === "removed") { location.href = "/containers/"; return; }
     var badge = document.getElementById("state");
     badge.textContent = e.detail.state + (e.detail.state === "exited" ? " (" + e.detail.exit_code + ")" : "");

@@ -4,6 +4,9 @@
 (function () {
   "use strict";
   var delay = 500;
+  // A page that reloads itself on live events must not do it under a form being submitted: the
+  // reload would cancel the submission's navigation.
+  document.addEventListener("submit", function () { window.berthBusy = true; }, true);
   var dot = document.getElementById("ws-status");
 
   function setHealth(part, ok, detail) {
