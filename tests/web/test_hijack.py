@@ -81,7 +81,7 @@ class Terminal:
                 break
         raise AssertionError(f"{pattern!r} not in {self.output[-500:]!r}")
 
-    def expect_size(self, rows: int, cols: int, timeout: float = 10) -> None:
+    def expect_size(self, rows: int, cols: int, timeout: float = 25) -> None:
         """The CLI resizes just after start, beside the stream: ask until the size has landed."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
