@@ -6,7 +6,6 @@ import asyncio
 import base64
 import json
 import struct
-import time
 
 from asgiref.sync import sync_to_async
 from django.http import HttpResponse, StreamingHttpResponse
@@ -23,7 +22,6 @@ from project.dockerapi.base import (
 )
 from project.engine import get_engine
 from runtime import containerfs
-from runtime.errors import NotFound
 
 from . import runoptions, services
 from .choices import ContainerStateChoices

@@ -17,7 +17,7 @@ from .images import ImageRecord, ImageStore
 from .layers import LayerStore
 from .pull import Progress, Puller
 from .push import Pusher
-from .reference import Reference, parse_reference
+from .reference import parse_reference
 from .registry import RegistryClient, SearchResult
 from .store import Store
 from .transport import is_loopback_host, split_host_port

@@ -18,14 +18,13 @@ import hashlib
 import os
 import posixpath
 import re
-import shutil
 import stat
 import tarfile
 from dataclasses import dataclass
 from typing import BinaryIO
 
 from runtime import archive
-from runtime.errors import InvalidArgument, NotFound, UnsafeArchive
+from runtime.errors import InvalidArgument, UnsafeArchive
 from runtime.images import _decompress_into
 
 __all__ = ["BuildContext", "ContextError", "IgnoreMatcher", "extract_context", "read_dockerignore"]

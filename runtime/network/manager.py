@@ -45,7 +45,7 @@ from runtime.errors import AlreadyExists, EngineError, InvalidArgument, InvalidS
 from runtime.fsutil import replace_json
 
 from . import netns as ns
-from .cni import CNI, CNIError, conflist
+from .cni import CNI, conflist
 from .links import hosts_entry, link_env, parse_link
 from .ports import PortReservations, parse_key, wanted_mappings
 

@@ -295,7 +295,6 @@ def test_two_user_networks_cannot_reach_each_other_and_connect_joins_at_once(sto
 def test_an_internal_network_has_no_way_out(store, ctr, networks):
     networks("vault", internal=True)
     inside = ctr("sleep", "1000", network_mode="vault")
-    gateway = store.inspect(inside.id)["NetworkSettings"]["Networks"]["vault"]["Gateway"]
     code, out = exec_out(store, inside.id, "ip", "route")
     assert "default" not in out
 

@@ -1,6 +1,5 @@
 """docker build against Berth (the classic builder API) and the build page in Chromium."""
 
-import os
 import subprocess
 import uuid
 

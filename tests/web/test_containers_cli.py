@@ -111,7 +111,7 @@ def test_exec_detached_and_diff_cp_commit_export(docker, name, tmp_path):
     # commit, and the new image runs with the file.
     image = f"committed/{name}:v1"
     docker("commit", "-m", "from a test", "-c", "ENV COMMITTED=yes", name, image)
-    out = docker("run", "--rm", "-d", "--name", name + "-c", image, "sh", "-c",
+    docker("run", "--rm", "-d", "--name", name + "-c", image, "sh", "-c",
                  "cat /root/in.txt /tmp/exec.txt; echo $COMMITTED; sleep 1").stdout
     assert wait_until(lambda: "yes" in docker("logs", name + "-c", check=False).stdout)
     logs = docker("logs", name + "-c").stdout
