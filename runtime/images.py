@@ -65,7 +65,7 @@ from runtime.errors import (
     NotFound,
     UnsafeArchive,
 )
-from runtime.layers import Layer, LayerStore, chain_ids
+from runtime.layers import Layer, LayerStore, PrefixedReader, chain_ids
 from runtime.reference import Reference, is_image_id_prefix, parse_reference
 from runtime.store import Store
 
@@ -1650,7 +1650,7 @@ def _decompress_into(stream, out, limit: int) -> tuple[Digest, int]:
     Raises UnsafeArchive past ``limit`` bytes of output or on corrupt compressed data.
     """
     head = read_exactly(stream, 6)
-    source = _Prefixed(head, stream)
+    source = PrefixedReader(head, stream)
     if head.startswith(b"\x1f\x8b"):
         reader = gzip.GzipFile(fileobj=source, mode="rb")
     elif head.startswith(b"\x28\xb5\x2f\xfd"):
@@ -1673,26 +1673,6 @@ def _decompress_into(stream, out, limit: int) -> tuple[Digest, int]:
     except (EOFError, OSError, zlib.error, lzma.LZMAError, zstandard.ZstdError) as exc:
         raise UnsafeArchive(f"invalid compressed data: {exc}") from None
     return Digest.from_hex(hasher.hexdigest()), size
-
-
-class _Prefixed:
-    """Reads ``prefix`` first, then the rest of ``reader``: a peek for non-seekable streams."""
-
-    def __init__(self, prefix: bytes, reader):
-        self._prefix = prefix
-        self._reader = reader
-
-    def read(self, n: int = -1) -> bytes:
-        if self._prefix:
-            if n is None or n < 0:
-                data, self._prefix = self._prefix + self._reader.read(), b""
-                return data
-            data, self._prefix = self._prefix[:n], self._prefix[n:]
-            return data
-        return self._reader.read(n)
-
-    def readable(self) -> bool:
-        return True
 
 
 def _add_bytes(tf: tarfile.TarFile, name: str, data: bytes) -> None:

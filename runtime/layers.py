@@ -240,7 +240,7 @@ class LayerStore:
         hashed = HashingReader(counted, name=f"layer {chain_id}") if check_digest and digest else None
         compressed = hashed or counted
         head = read_exactly(compressed, 6)
-        source = _PrefixedReader(head, compressed)
+        source = PrefixedReader(head, compressed)
         try:
             if head.startswith(_GZIP_MAGIC):
                 decompressed = _GzipReader(source)
@@ -339,7 +339,7 @@ class _GzipReader:
                 raise EOFError("Compressed file ended before the end-of-stream marker was reached")
 
 
-class _PrefixedReader:
+class PrefixedReader:
     """Reads ``prefix`` first, then the rest of ``reader``: a peek for non-seekable streams."""
 
     def __init__(self, prefix: bytes, reader):
@@ -354,6 +354,9 @@ class _PrefixedReader:
             data, self._prefix = self._prefix[:n], self._prefix[n:]
             return data
         return self._reader.read(n)
+
+    def readable(self) -> bool:
+        return True
 
 
 class _BoundedReader:
