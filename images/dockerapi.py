@@ -5,7 +5,7 @@ import json
 import os
 import time
 
-from django.http import FileResponse, HttpResponse, StreamingHttpResponse
+from django.http import FileResponse, HttpResponse
 
 from project.choices import TERMINAL_JOB_STATES
 from project.models import Job
@@ -19,7 +19,7 @@ from project.dockerapi.base import (
     query_filters,
     require_perm,
 )
-from project.dockerapi.streams import job_stream
+from project.dockerapi.streams import job_response
 from project.engine import get_engine
 from runtime.errors import Unauthorized
 
@@ -84,9 +84,7 @@ def image_create(request):
     if tag:
         reference += ("@" if tag.startswith("sha256:") else ":") + tag
     job = services.request_pull(reference, request.user, request, credentials=registry_auth(request))
-    response = StreamingHttpResponse(job_stream(job.pk), content_type="application/json")
-    response["X-Berth-Job"] = str(job.pk)
-    return response
+    return job_response(job)
 
 
 def _image_import(request):
@@ -99,9 +97,7 @@ def _image_import(request):
     path = services.stage_upload(request)
     job = services.request_import(path, reference=reference, changes=request.GET.getlist("changes"),
                                   message=request.GET.get("message", ""), user=request.user, request=request)
-    response = StreamingHttpResponse(job_stream(job.pk, cancel_on_disconnect=False), content_type="application/json")
-    response["X-Berth-Job"] = str(job.pk)
-    return response
+    return job_response(job, cancel_on_disconnect=False)
 
 
 @docker_endpoint("POST")
@@ -110,9 +106,7 @@ def image_load(request):
     require_perm(request, "images.add_image")
     path = services.stage_upload(request)
     job = services.request_load(path, user=request.user, request=request)
-    response = StreamingHttpResponse(job_stream(job.pk, cancel_on_disconnect=False), content_type="application/json")
-    response["X-Berth-Job"] = str(job.pk)
-    return response
+    return job_response(job, cancel_on_disconnect=False)
 
 
 @docker_endpoint("GET")
@@ -134,9 +128,7 @@ def image_push(request, name: str):
     require_perm(request, "images.change_image")
     reference = name + (":" + request.GET["tag"] if request.GET.get("tag") else "")
     job = services.request_push(reference, request.user, request, credentials=registry_auth(request))
-    response = StreamingHttpResponse(job_stream(job.pk), content_type="application/json")
-    response["X-Berth-Job"] = str(job.pk)
-    return response
+    return job_response(job)
 
 
 @docker_endpoint("GET")
@@ -267,9 +259,7 @@ def build(request):
         no_cache=query_bool(request, "nocache"), pull=query_bool(request, "pull"),
         labels=_json_param(request, "labels"), network_mode=request.GET.get("networkmode") or "",
         user=request.user, request=request)
-    response = StreamingHttpResponse(job_stream(job.pk), content_type="application/json")
-    response["X-Berth-Job"] = str(job.pk)
-    return response
+    return job_response(job)
 
 
 @docker_endpoint("POST")

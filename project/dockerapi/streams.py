@@ -84,3 +84,17 @@ async def job_stream(job_id: int, *, cancel_on_disconnect: bool = True):
         raise
     finally:
         await layer.group_discard(group, channel)
+
+
+def job_response(job, *, cancel_on_disconnect: bool = True):
+    """The Docker API's streamed JSON answer for a job (pull, push, import, load, build).
+
+    ``cancel_on_disconnect``: a client that goes away stops the job (as dockerd does for a pull);
+    not for jobs whose input is already uploaded and half applied on purpose (import, load).
+    """
+    from django.http import StreamingHttpResponse
+
+    response = StreamingHttpResponse(job_stream(job.pk, cancel_on_disconnect=cancel_on_disconnect),
+                                     content_type="application/json")
+    response["X-Berth-Job"] = str(job.pk)
+    return response
