@@ -1,6 +1,5 @@
 """docker build against Berth (the classic builder API) and the build page in Chromium."""
 
-import subprocess
 import uuid
 
 import pytest
@@ -10,17 +9,10 @@ pytestmark = pytest.mark.live
 
 
 @pytest.fixture
-def docker(berth, tmp_path):
-    env = berth.docker_env(tmp_path / "docker")
-    env["DOCKER_BUILDKIT"] = "0"
-
-    def run(*args, timeout=180, check=True):
-        result = subprocess.run(["docker", *args], env=env, capture_output=True, text=True, timeout=timeout)
-        if check:
-            assert result.returncode == 0, f"docker {' '.join(args)}: {result.stdout}{result.stderr}\n{berth.logs()}"
-        return result
-
-    return run
+def docker(docker):
+    """The docker CLI with the classic builder (Berth serves the classic build API)."""
+    docker.env["DOCKER_BUILDKIT"] = "0"
+    return docker
 
 
 def test_docker_build_then_cached_rebuild_then_run(docker, tmp_path):

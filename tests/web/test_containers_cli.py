@@ -2,7 +2,6 @@
 
 import io
 import json
-import subprocess
 import tarfile
 import time
 import uuid
@@ -12,19 +11,6 @@ import pytest
 from tests import dockerspec
 
 pytestmark = pytest.mark.live
-
-
-@pytest.fixture
-def docker(berth, tmp_path):
-    env = berth.docker_env(tmp_path / "docker")
-
-    def run(*args, timeout=60, check=True, binary=False):
-        result = subprocess.run(["docker", *args], env=env, capture_output=True, text=not binary, timeout=timeout)
-        if check:
-            assert result.returncode == 0, f"docker {' '.join(args)}: {result.stderr}\n{berth.logs()}"
-        return result
-
-    return run
 
 
 @pytest.fixture

@@ -13,20 +13,6 @@ pytestmark = pytest.mark.live
 
 
 @pytest.fixture
-def docker(berth, tmp_path):
-    env = berth.docker_env(tmp_path / "docker")
-
-    def run(*args, timeout=90, check=True):
-        result = subprocess.run(["docker", *args], env=env, capture_output=True, text=True, timeout=timeout)
-        if check:
-            assert result.returncode == 0, f"docker {' '.join(args)}: {result.stderr}\n{berth.logs()}"
-        return result
-
-    run.env = env
-    return run
-
-
-@pytest.fixture
 def name():
     return "iso-" + uuid.uuid4().hex[:8]
 

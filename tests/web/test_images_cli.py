@@ -12,20 +12,6 @@ pytestmark = pytest.mark.live
 
 
 @pytest.fixture
-def docker(berth, tmp_path):
-    """Run the docker CLI against Berth; return the CompletedProcess."""
-    env = berth.docker_env(tmp_path / "docker")
-
-    def run(*args, timeout=120, check=True):
-        result = subprocess.run(["docker", *args], env=env, capture_output=True, text=True, timeout=timeout)
-        if check:
-            assert result.returncode == 0, f"docker {' '.join(args)}: {result.stderr}\n{berth.logs()}"
-        return result
-
-    return run
-
-
-@pytest.fixture
 def sdk(berth):
     client = docker_sdk.DockerClient(base_url=f"tcp://127.0.0.1:{berth.port}", version="1.41", timeout=120)
     client.api.headers["Authorization"] = f"Bearer {berth.token}"

@@ -2,7 +2,6 @@
 
 import json
 import socket
-import subprocess
 import time
 import urllib.request
 import uuid
@@ -12,19 +11,6 @@ import pytest
 pytestmark = pytest.mark.live
 
 SERVE = "mkdir -p /www && echo \"hello from $(hostname)\" > /www/index.html && exec httpd -f -p 80 -h /www"
-
-
-@pytest.fixture
-def docker(berth, tmp_path):
-    env = berth.docker_env(tmp_path / "docker")
-
-    def run(*args, timeout=90, check=True):
-        result = subprocess.run(["docker", *args], env=env, capture_output=True, text=True, timeout=timeout)
-        if check:
-            assert result.returncode == 0, f"docker {' '.join(args)}: {result.stderr}\n{berth.logs()}"
-        return result
-
-    return run
 
 
 def free_port() -> int:
