@@ -2,6 +2,7 @@
 
 import subprocess
 
+import docker as docker_sdk
 import pytest
 
 
@@ -22,3 +23,12 @@ def docker(berth, tmp_path):
 
     run.env = env
     return run
+
+
+@pytest.fixture
+def sdk(berth):
+    """The Docker SDK for Python on the live Berth, with the token."""
+    client = docker_sdk.DockerClient(base_url=f"tcp://127.0.0.1:{berth.port}", version="1.41", timeout=120)
+    client.api.headers["Authorization"] = f"Bearer {berth.token}"
+    yield client
+    client.close()

@@ -8,14 +8,6 @@ import pytest
 pytestmark = pytest.mark.live
 
 
-@pytest.fixture
-def sdk(berth):
-    client = docker_sdk.DockerClient(base_url=f"tcp://127.0.0.1:{berth.port}", version="1.41", timeout=60)
-    client.api.headers["Authorization"] = f"Bearer {berth.token}"
-    yield client
-    client.close()
-
-
 def test_the_sdk_runs_lists_logs_stops_and_removes(sdk):
     name = "sdk-" + uuid.uuid4().hex[:6]
     container = sdk.containers.run("busybox", ["sh", "-c", "echo from-sdk; sleep 300"], name=name, detach=True,

@@ -3,20 +3,11 @@
 import json
 import subprocess
 
-import docker as docker_sdk
 import pytest
 
 from tests import dockerspec
 
 pytestmark = pytest.mark.live
-
-
-@pytest.fixture
-def sdk(berth):
-    client = docker_sdk.DockerClient(base_url=f"tcp://127.0.0.1:{berth.port}", version="1.41", timeout=120)
-    client.api.headers["Authorization"] = f"Bearer {berth.token}"
-    yield client
-    client.close()
 
 
 def test_docker_pull_shows_progress_and_the_image_appears(docker, unique_image):
