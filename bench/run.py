@@ -121,8 +121,8 @@ class Api:
 
     # The verbs the benchmark uses.
 
-    def create(self, cmd: list[str], *, name: str | None = None) -> str:
-        body = {"Image": IMAGE, "Cmd": cmd, "HostConfig": {"NetworkMode": "none", "AutoRemove": False}}
+    def create(self, cmd: list[str], *, name: str | None = None, network_mode: str = "none") -> str:
+        body = {"Image": IMAGE, "Cmd": cmd, "HostConfig": {"NetworkMode": network_mode, "AutoRemove": False}}
         return self.call("POST", "/containers/create" + (f"?name={name}" if name else ""), body)["Id"]
 
     def start(self, cid: str) -> None:
@@ -305,9 +305,10 @@ def measure_cli_run(engines: list[Engine], runs: int) -> None:
         log(f"{engine.name}: docker run --rm median {statistics.median(engine.cli_run) * 1000:.0f} ms")
 
 
-def api_run_once(api: Api) -> float:
+def api_run_once(api: Api, network_mode: str = "none") -> float:
+    """One create -> start -> wait -> delete of ``busybox true``, timed end to end."""
     started = time.monotonic()
-    cid = api.create(["true"])
+    cid = api.create(["true"], network_mode=network_mode)
     api.start(cid)
     code = api.wait(cid)
     api.delete(cid)

@@ -49,6 +49,7 @@ from bench.run import (
     Engine,
     _UnixConnection,
     _profiler,
+    api_run_once,
     load_busybox,
     percentile,
     start_berth,
@@ -175,25 +176,12 @@ def _bridge_address(engine: Engine) -> str:
     return found.group(1)
 
 
-def api_bridge_run_once(api: Api) -> float:
-    started = time.monotonic()
-    body = {"Image": IMAGE, "Cmd": ["true"], "HostConfig": {"NetworkMode": "bridge", "AutoRemove": False}}
-    cid = api.call("POST", "/containers/create", body)["Id"]
-    api.start(cid)
-    code = api.wait(cid)
-    api.delete(cid)
-    elapsed = time.monotonic() - started
-    if code != 0:
-        raise RuntimeError(f"busybox true exited {code}")
-    return elapsed
-
-
 def measure_bridge_run(engines: list[Engine], runs: int, warmup: int) -> None:
     argv = ("run", "--rm", IMAGE, "true")
     for engine in engines:
         for _ in range(warmup):
             engine.docker(*argv, timeout=60)
-            api_bridge_run_once(engine.api)
+            api_run_once(engine.api, "bridge")
         if engine.api.ids():
             raise RuntimeError(f"{engine.name}: docker run --rm left a container")
     for run in range(runs):
@@ -203,7 +191,7 @@ def measure_bridge_run(engines: list[Engine], runs: int, warmup: int) -> None:
             engine.cli_run.append(time.monotonic() - started)
     for run in range(runs):
         for engine in (engines if run % 2 == 0 else list(reversed(engines))):
-            engine.api_run.append(api_bridge_run_once(engine.api))
+            engine.api_run.append(api_run_once(engine.api, "bridge"))
     for engine in engines:
         log(f"{engine.name}: bridge docker run --rm median {statistics.median(engine.cli_run) * 1000:.0f} ms, "
             f"API run median {statistics.median(engine.api_run) * 1000:.0f} ms")
