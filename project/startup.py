@@ -1,6 +1,5 @@
 """What the worker does when it starts: the reconcile pass of DESIGN.md."""
 
-import importlib
 import logging
 import time
 
@@ -35,18 +34,14 @@ def worker_started() -> None:
     # Two namespaces kept ready on the default network take CNI off `docker run`'s path (runtime.network).
     get_engine().start(network_pool=2)
     clean_staged_files()
-    for label in ("images", "containers"):
+    from containers import services as containers
+    from images import services as images
+
+    for reconcile in (images.reconcile_images, containers.reconcile_containers, containers.reconcile_networks):
         try:
-            services = importlib.import_module(f"{label}.services")
-        except ModuleNotFoundError:
-            continue
-        for name in (f"reconcile_{label}", "reconcile_networks" if label == "containers" else ""):
-            reconcile = getattr(services, name, None) if name else None
-            if reconcile is not None:
-                try:
-                    logger.info("%s: %s", name, reconcile())
-                except Exception:
-                    logger.exception("%s failed", name)
+            logger.info("%s: %s", reconcile.__name__, reconcile())
+        except Exception:
+            logger.exception("%s failed", reconcile.__name__)
     from containers.watcher import start_watcher
 
     start_watcher()
