@@ -1,7 +1,10 @@
 """Pages of the images app: list, detail, pull, tag, remove. Views parse, authorise, call a service."""
 
 import dataclasses
+import io
 import json
+import tarfile
+import time
 
 from django.conf import settings
 from django.contrib import messages
@@ -244,10 +247,6 @@ def image_build(request):
 
 def _build_context(data) -> str:
     """Stage the context tar: the uploaded one, with the typed Dockerfile added (or alone)."""
-    import io
-    import tarfile
-    import time
-
     text = (data.get("dockerfile_text") or "").replace("\r\n", "\n")
     if data.get("context") is None:
         buffer = io.BytesIO()
@@ -267,9 +266,6 @@ def _build_context(data) -> str:
 
 
 def _add_text(tar, name: str, text: str, mtime: float) -> None:
-    import io
-    import tarfile
-
     content = text.encode()
     info = tarfile.TarInfo(name)
     info.size, info.mode, info.mtime = len(content), 0o644, int(mtime)
