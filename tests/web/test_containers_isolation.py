@@ -66,9 +66,10 @@ def test_memory_limit_is_enforced(docker, name):
            "head -c 200000000 /dev/zero | tail > /dev/null; echo survived")
     code, out = logs_when_exited(docker, name)
     state = json.loads(docker("inspect", "--format", "{{json .State}}", name).stdout)
-    # The memory hog (tail buffering 200 MB) is killed; the shell goes on and says so.
-    assert "Killed" in out and "survived" in out
+    # The OOM killer ends the memory hog (tail buffering 200 MB): the shell goes on and says so, or,
+    # as the kernel may choose (seen 1 time in 6 here), the shell itself goes with it (137).
     assert state["OOMKilled"] is True
+    assert ("Killed" in out and "survived" in out) or (code == "137" and "survived" not in out)
     docker("rm", name)
 
 
