@@ -16,6 +16,12 @@ On disk::
     <root>/networks/pool/<id>.json       a pre-networked namespace (bridge+firewall ADDed) ready
                                          for the next container on the default network;
                                          ``.adding`` while made, ``.taken`` while claimed
+    <root>/networks/releasing/<cid>.<hex>.json
+                                         a stopped container's attachments and netns, waiting for
+                                         their CNI DEL (see ``release``); the netns stays mounted
+                                         until the DEL is done; flock(2)ed while one process DELs it
+    <root>/networks/releasing/.keeper    flock(2)ed (shared) by each process that keeps the pool:
+                                         while anyone holds it, releases are left to its keeper
     <run_root>/netns/<id>                the namespaces (nsfs bind mounts)
     /run/berth/cni/ipam/<bridge>/        host-local leases, host-wide (one subnet per bridge)
 
@@ -38,6 +44,7 @@ import secrets
 import subprocess
 import threading
 import time
+import weakref
 from typing import Callable, Iterator
 
 from runtime import spec as oci_spec
@@ -62,12 +69,24 @@ USER_SUBNETS = "10.90.0.0/16"
 IPAM_DIR = "/run/berth/cni/ipam"
 _IN_MOVED_FROM = 0x00000040  # inotify: the pool keeper wakes when an entry is claimed (renamed away)
 _IN_DELETE = 0x00000200
+_IN_MOVED_TO = 0x00000080  # inotify: a release was queued (renamed into the releasing dir)
 NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 ISOLATION_1 = "BERTH-ISOLATION-1"
 ISOLATION_2 = "BERTH-ISOLATION-2"
 ACTIVE = ("created", "running", "paused", "stopping")
 
 _iptables_lock = threading.Lock()
+# Every manager of this process: a child forked from it (a Celery pool process) keeps no pool and
+# holds no keeper lock (its copy of the fd is closed; the parent's lock stays held).
+_MANAGERS: "weakref.WeakSet[NetworkManager]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for manager in list(_MANAGERS):
+        manager._forget_keeper_after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _now() -> str:
@@ -157,11 +176,15 @@ class NetworkManager:
         # The keeper: refills the pool when another process (a Celery pool process) claims from it.
         self._pool_keeper: threading.Thread | None = None
         self._pool_wake = -1
+        # Held (LOCK_SH on releasing/.keeper) while this process's keeper runs the queued releases.
+        self._keeper_fd = -1
+        self.release_dir = os.path.join(self.root, "releasing")
         self._host_rules_done = False
         # network_id()'s answers, valid while the networks dir keeps this st_mtime_ns.
         self._id_cache: tuple[int, dict[str, str]] = (0, {})
-        for d in (self.root, self.endpoints_dir, self.pool_dir):
+        for d in (self.root, self.endpoints_dir, self.pool_dir, self.release_dir):
             os.makedirs(d, mode=0o700, exist_ok=True)
+        _MANAGERS.add(self)
 
     #
     # Locks and files
@@ -392,6 +415,8 @@ class NetworkManager:
         if doc["Name"] in PREDEFINED:
             raise InvalidState(f"{doc['Name']} is a pre-defined network and cannot be removed")
         with self._locked():
+            # Stopped members' queued DELs need the bridge and the lease dir: they go first.
+            self.finish_releases(network=doc["Name"])
             if self._active(doc["Name"]):
                 raise InvalidState(f"error while removing network: network {doc['Name']} id {doc['Id']} "
                                    "has active endpoints")
@@ -518,6 +543,9 @@ class NetworkManager:
             return None
         if ep.get("attachments"):  # a previous run's, not released (crash): release it first
             self._detach_all(ep)
+        # A previous run's queued DEL under the container's own id (not a pool id) would take
+        # the new run's lease and chains with it: it runs first.
+        self.finish_releases(record.id, cni_id=record.id)
         docs = {name: self._find(name) for name in ep["networks"]}
         self._host_rules()
         for name in docs:
@@ -581,7 +609,11 @@ class NetworkManager:
         att = ep["attachments"].get(name)
         if not att:
             return []
-        errors = self.cni.delete(att["conflist"], att.get("runtime_config") or {}, att["cni_id"], ep.get("netns", ""),
+        done = set(att.get("deleted") or ())  # plugins DELeted already (portmap, by release)
+        conf = att["conflist"]
+        if done:
+            conf = {**conf, "plugins": [p for p in conf["plugins"] if p["type"] not in done]}
+        errors = self.cni.delete(conf, att.get("runtime_config") or {}, att["cni_id"], ep.get("netns", ""),
                                  att.get("ifname", "eth0"), result=att.get("result"))
         if att.get("result") is None:
             self._forget_lease(att)
@@ -599,13 +631,25 @@ class NetworkManager:
         return errors
 
     def release(self, record) -> None:
-        """When the container stops: CNI DEL each attachment (with the stored result), then unmount
-        its namespace, then free its host ports; its network peers' hosts files lose it."""
+        """When the container stops: its network is taken off it at once (the endpoint loses its
+        attachments, namespace and ports; peers' hosts files lose it; its host ports are free: with
+        published ports, portmap's DEL runs here first), and the rest of the CNI DEL (bridge,
+        firewall, host-local: ~85 ms of plugin execs) is queued in ``releasing/`` for the keeper
+        (the process that keeps the pool runs it in the background, see ``start_pool``). With no
+        keeper in any process it runs here, as before. The queued entry is written before the
+        endpoint forgets its attachments, so a crash at any point leaves one of the two for
+        ``cleanup``; the namespace stays mounted until its DEL is done."""
         ep = self._load_endpoint(record.id)
         if ep is None:
             return
         had = {name: {} for name in ep.get("attachments") or {}}
-        errors = self._detach_all(ep)
+        errors: list[str] = []
+        queued = None
+        if ep.get("attachments") or ep.get("netns"):
+            if ep.get("ports"):
+                errors += self._delete_portmap(ep)
+            queued = self._queue_release(ep)
+            ep["attachments"], ep["netns"] = {}, ""
         ep["ports"] = []
         self.ports.release(record.id)
         state = getattr(record.state, "value", record.state)
@@ -616,8 +660,114 @@ class NetworkManager:
             _write_json(self._ep_path(record.id), ep)
         if had:
             self._update_peers({"attachments": had}, exclude=record.id, gone=True)
+        if queued and not self._keeper_alive():
+            errors += self._run_release(queued)
         if errors:
             raise EngineError("network release: " + "; ".join(errors))
+
+    def _delete_portmap(self, ep: dict) -> list[str]:
+        """portmap's DEL of each attachment that has port mappings, now: the host ports' DNAT rules
+        go before their sockets are closed, so the next container may publish them at once."""
+        errors = []
+        for att in (ep.get("attachments") or {}).values():
+            if not (att.get("runtime_config") or {}).get("portMappings") or "portmap" in (att.get("deleted") or ()):
+                continue
+            conf = {**att["conflist"], "plugins": [p for p in att["conflist"]["plugins"] if p["type"] == "portmap"]}
+            errors += self.cni.delete(conf, att["runtime_config"], att["cni_id"], ep.get("netns", ""),
+                                      att.get("ifname", "eth0"), result=att.get("result"))
+            att["deleted"] = [*(att.get("deleted") or ()), "portmap"]
+        return errors
+
+    #
+    # Queued releases (the CNI DEL off the container's exit path)
+    #
+
+    def _queue_release(self, ep: dict) -> str:
+        doc = {"id": ep["id"], "attachments": ep.get("attachments") or {}, "netns": ep.get("netns", ""),
+               "boot_id": ep.get("boot_id", ""), "queued": time.time()}
+        path = os.path.join(self.release_dir, f"{ep['id']}.{secrets.token_hex(4)}.json")
+        _write_json(path, doc)
+        return path
+
+    def _pending(self, cid: str | None = None) -> list[str]:
+        """Queued releases (all, or those of container ``cid``), oldest first."""
+        try:
+            names = os.listdir(self.release_dir)
+        except FileNotFoundError:
+            return []
+        paths = [os.path.join(self.release_dir, n) for n in names
+                 if n.endswith(".json") and not n.startswith(".") and (cid is None or n.startswith(cid + "."))]
+        stamps = {}
+        for path in paths:
+            with contextlib.suppress(FileNotFoundError):
+                stamps[path] = os.stat(path).st_mtime_ns
+        return sorted(stamps, key=stamps.get)
+
+    def _run_release(self, path: str) -> list[str]:
+        """DEL a queued release and unmount its namespace, unless another process did or does it
+        (each entry is flock()ed while DELed; a waiter finds it unlinked). Returns the errors."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return []
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if os.fstat(fd).st_nlink == 0:
+                return []  # done by whoever held the lock
+            with os.fdopen(os.dup(fd), "rb") as f:
+                try:
+                    doc = json.load(f)
+                except ValueError:
+                    doc = None
+            errors = []
+            if doc:
+                try:
+                    errors = self._detach_all(doc)
+                except Exception as exc:  # noqa: BLE001 - an entry is tried once; cleanup sweeps the rest
+                    errors = [str(exc)]
+                if errors:
+                    logger.warning("network release of %s: %s", doc.get("id"), "; ".join(errors))
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            return errors
+        finally:
+            os.close(fd)
+
+    def finish_releases(self, cid: str | None = None, network: str | None = None,
+                        cni_id: str | None = None) -> int:
+        """Run the queued releases now (all; or those of container ``cid``; or those with an
+        attachment on ``network`` / with CNI id ``cni_id``), waiting for one another process is
+        running. Returns how many were run here."""
+        done = 0
+        for path in self._pending(cid):
+            if network is not None or cni_id is not None:
+                doc = _read_json(path) or {}
+                atts = (doc.get("attachments") or {})
+                if network is not None and network not in atts:
+                    continue
+                if cni_id is not None and not any(a.get("cni_id") == cni_id for a in atts.values()):
+                    continue
+            if os.path.exists(path):
+                self._run_release(path)
+                done += 1
+        return done
+
+    def _keeper_alive(self) -> bool:
+        """Whether some process keeps the pool and so runs the queued releases (it holds a shared
+        flock on ``releasing/.keeper``; the kernel drops it when that process dies)."""
+        if self._keeper_fd >= 0:
+            return True
+        try:
+            fd = os.open(os.path.join(self.release_dir, ".keeper"), os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # also drops the lock taken just now
+        return False
 
     def forget(self, cid: str) -> None:
         """Drop the network memberships of a removed container."""
@@ -640,6 +790,7 @@ class NetworkManager:
             raise InvalidArgument(f"container sharing network namespace with another container or host "
                                   f"cannot be connected to any other network ({mode})")
         with self.containers._locked(record.id) as record:
+            self.finish_releases(record.id)  # a previous run's DEL under the same CNI id goes first
             ep = self._members(record)
             if doc["Name"] in ep["networks"]:
                 raise AlreadyExists(f"endpoint with name {record.name} already exists in network {doc['Name']}")
@@ -670,11 +821,13 @@ class NetworkManager:
                 raise
             for ep in self._endpoints():
                 if ep.get("name") == container.lstrip("/") or ep["id"] == container:
+                    self.finish_releases(ep["id"])
                     self._detach(ep, doc["Name"])
                     ep["networks"].pop(doc["Name"], None)
                     _write_json(self._ep_path(ep["id"]), ep)
             return
         with self.containers._locked(record.id) as record:
+            self.finish_releases(record.id)
             ep = self._members(record)
             if doc["Name"] not in ep["networks"]:
                 raise InvalidState(f"container {record.id} is not connected to network {doc['Name']}")
@@ -826,34 +979,70 @@ class NetworkManager:
 
     def start_pool(self, size: int = 2) -> None:
         """Keep ``size`` namespaces ADDed to the default network ready (refilled in a thread), so
-        that a container's start runs no CNI plugin but portmap (when it publishes ports)."""
+        that a container's start runs no CNI plugin but portmap (when it publishes ports); and run
+        the releases that containers' exits queue (``release``), off their path. This process
+        then holds the keeper lock, which tells every process on this root to queue its releases."""
         self.pool_size = size
         self._refill_pool_async()
         with self._pool_lock:
             if self._pool_keeper is None or not self._pool_keeper.is_alive():
+                if self._keeper_fd < 0:
+                    fd = os.open(os.path.join(self.release_dir, ".keeper"), os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC,
+                                 0o600)
+                    fcntl.flock(fd, fcntl.LOCK_SH)
+                    self._keeper_fd = fd
                 wake_read, self._pool_wake = os.pipe()
                 self._pool_keeper = threading.Thread(target=self._keep_pool, args=(wake_read,), daemon=True,
                                                      name="berth-netns-pool-keeper")
                 self._pool_keeper.start()
 
     def _keep_pool(self, wake_fd: int) -> None:
-        """While the pool is on: refill whenever an entry leaves the pool dir. The worker's main
-        process keeps the pool, but containers start in its pool processes, which claim entries
-        from the same dir (a rename) and do not refill it themselves."""
+        """While the pool is on: refill whenever an entry leaves the pool dir, and run each release
+        queued in the releasing dir. The worker's main process keeps the pool, but containers start
+        and stop in its pool processes, which claim entries from the same dir (a rename) and queue
+        their releases (also a rename), and do neither of the keeper's jobs themselves. Each pass
+        also retries queued releases that a process dying half-way left (their lock is free)."""
         from runtime.monitor import FileWatch
 
         try:
-            with FileWatch([(self.pool_dir, _IN_MOVED_FROM | _IN_DELETE)]) as watch:
+            with FileWatch([(self.pool_dir, _IN_MOVED_FROM | _IN_DELETE),
+                            (self.release_dir, _IN_MOVED_TO)]) as watch:
                 while self.pool_size > 0:
                     self._refill_pool_async()
+                    for path in self._pending():
+                        if self.pool_size <= 0:
+                            break
+                        self._run_release(path)
+                        self._refill_pool_async()  # a start claimed an entry meanwhile
                     watch.wait(5.0, extra_fds=(wake_fd,))
         except Exception:
             logger.exception("the namespace pool's keeper stopped")
         finally:
             os.close(wake_fd)
+            self._drop_keeper_lock()
+            try:
+                self.finish_releases()  # queued before the lock went: nobody else would run them now
+            except Exception:
+                logger.exception("could not finish the queued network releases")
+
+    def _drop_keeper_lock(self) -> None:
+        fd, self._keeper_fd = self._keeper_fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    def _forget_keeper_after_fork(self) -> None:
+        """In a child forked from a keeping process: keep nothing (the parent still does)."""
+        if self._keeper_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._keeper_fd)  # the parent's lock stays: it is on the shared file description
+        self._keeper_fd = -1
+        self.pool_size = 0
+        self._pool_keeper, self._pool_thread, self._pool_wake = None, None, -1
+        self._pool_lock = threading.Lock()
 
     def stop_pool(self) -> None:
-        """Stop refilling and DEL the ready namespaces."""
+        """Stop refilling, DEL the ready namespaces, and run the releases still queued (from now on
+        releases run in the process that stops a container, unless another process keeps a pool)."""
         self.pool_size = 0
         keeper = self._pool_keeper
         if keeper is not None:
@@ -863,6 +1052,7 @@ class NetworkManager:
             with contextlib.suppress(OSError):
                 os.close(self._pool_wake)
             self._pool_keeper, self._pool_wake = None, -1
+        self._drop_keeper_lock()
         thread = self._pool_thread
         if thread is not None:
             thread.join()
@@ -875,6 +1065,8 @@ class NetworkManager:
                     os.rename(path, claimed)
                     self._discard_pool_entry(doc)
                     os.unlink(claimed)
+        if not self._keeper_alive():
+            self.finish_releases()
 
     def _refill_pool_async(self) -> None:
         if self.pool_size <= 0:
@@ -955,15 +1147,18 @@ class NetworkManager:
     def cleanup(self) -> dict:
         """Remove what containers that no longer run (or exist) left, as a worker does at start:
 
+        0. the releases still queued (``release``): DEL, unmount;
         1. each endpoint whose container is gone or not running: CNI DEL with the stored conflist
            and result (leases, portmap and ipMasq chains, firewall rules, the veth), unmount;
            a running one gets its host ports held again;
         2. pool entries half made, claimed and never used, or of a previous boot: DEL, unmount;
         3. nat chains still commented with a dead id, and namespace files nothing refers to
            (a previous boot's are plain files).
-        Returns what was done: ``{"endpoints": [...], "pool": n, "netns": [...]}``.
+        Returns what was done: ``{"endpoints": [...], "pool": n, "netns": [...], "releases": n}``.
         """
-        done = {"endpoints": [], "pool": 0, "netns": []}
+        done = {"endpoints": [], "pool": 0, "netns": [], "releases": 0}
+        # 0. Releases queued and never run (the keeper or the releasing process died): run them.
+        done["releases"] = self.finish_releases()
         dead = set()
         for ep in self._endpoints():
             cid = ep["id"]
@@ -1003,6 +1198,7 @@ class NetworkManager:
         if dead:
             self._sweep_nat(dead)
         referenced = {os.path.basename(ep.get("netns", "")) for ep in self._endpoints()}
+        referenced |= {os.path.basename((_read_json(p) or {}).get("netns", "")) for p in self._pending()}
         referenced |= {e.split(".")[0] for e in os.listdir(self.pool_dir)}
         if os.path.isdir(self.netns_dir):
             for entry in os.listdir(self.netns_dir):

@@ -428,3 +428,136 @@ def test_the_pool_takes_cni_off_the_start_path(store, net, ctr):
     store.wait(record.id, timeout=10)
     unpooled = time.perf_counter() - started
     print(f"\nrun true: pooled {pooled * 1000:.0f} ms, without pool {unpooled * 1000:.0f} ms")
+
+
+#
+# Releases queued for the keeper (the CNI DEL off the exit path)
+#
+
+
+@pytest.fixture
+def keeper_elsewhere(net):
+    """Another process keeps the pool: the keeper lock is held (as a keeping process holds it) but
+    no keeper thread runs here, so releases stay queued until the test lets go (``close()``)."""
+    import fcntl
+
+    fd = os.open(os.path.join(net.release_dir, ".keeper"), os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    holder = {"fd": fd}
+
+    def close():
+        if holder["fd"] >= 0:
+            os.close(holder["fd"])
+            holder["fd"] = -1
+
+    holder["close"] = close
+    yield holder
+    close()
+    net.finish_releases()
+
+
+def nat_rules_of(cni_id: str) -> list[str]:
+    dump = subprocess.run(["iptables-save", "-t", "nat"], capture_output=True, text=True).stdout
+    return [line for line in dump.splitlines() if cni_id in line]
+
+
+def test_a_stop_queues_the_del_and_cleanup_finishes_one_a_dead_keeper_left(env, store, net, ctr, keeper_elsewhere):
+    engine, _, tag = env
+    record = ctr("sleep", "1000")
+    ep = net._load_endpoint(record.id)
+    att = ep["attachments"]["bridge"]
+    assert att["ip"] in lease_files(net, net.default_bridge) and os.path.exists(f"/sys/class/net/{att['veth']}")
+    store.stop(record.id, timeout=0)
+    # The container is off the network at once...
+    after = net._load_endpoint(record.id)
+    assert after["attachments"] == {} and after["netns"] == "" and after["ports"] == []
+    assert store.inspect(record.id)["NetworkSettings"]["Networks"]["bridge"]["IPAddress"] == ""
+    assert record.id not in net.get("bridge")["Containers"]
+    # ...and its DEL waits in the queue, its namespace still mounted (the DEL needs it).
+    pending = net._pending(record.id)
+    assert len(pending) == 1
+    assert os.path.ismount(ep["netns"]) and os.path.exists(f"/sys/class/net/{att['veth']}")
+    assert att["ip"] in lease_files(net, net.default_bridge)
+    # The keeping process dies before running it; the next worker's cleanup does.
+    keeper_elsewhere["close"]()
+    fresh = ContainerStore(engine.config, engine.images, engine.layers)
+    fresh_net = NetworkManager(engine.config, fresh, bridge=net.default_bridge, subnet=net.default_subnet,
+                               user_subnets=str(net.user_subnets), bridge_prefix=net.bridge_prefix,
+                               ipam_dir=net.ipam_dir)
+    assert fresh_net.cleanup()["releases"] == 1
+    assert net._pending() == []
+    assert not os.path.exists(f"/sys/class/net/{att['veth']}") and not os.path.exists(ep["netns"])
+    assert att["ip"] not in lease_files(net, net.default_bridge)
+    assert nat_rules_of(att["cni_id"]) == []
+    assert f"-s {att['ip']}/32" not in subprocess.run(["iptables", "-S", "CNI-FORWARD"], capture_output=True,
+                                                      text=True).stdout
+
+
+def test_a_published_port_is_free_at_once_while_the_rest_of_the_del_is_queued(store, net, ctr, keeper_elsewhere):
+    port = free_port()
+    binding = {"80/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(port)}]}
+    first = ctr("sh", "-c", HTTPD, port_bindings=binding)
+    old = net._load_endpoint(first.id)["attachments"]["bridge"]
+    assert http_get(port) == f"hello from {first.id[:12]}\n"
+    store.stop(first.id, timeout=0)
+    assert len(net._pending(first.id)) == 1
+    # portmap's DEL ran at the stop: no DNAT rule of the old run is left, the port can be bound...
+    assert [line for line in nat_rules_of(old["cni_id"]) if "dnat" in line.lower() or "CNI-DN" in line] == []
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))
+    # ...and the next container publishing it is the one that answers.
+    second = ctr("sh", "-c", HTTPD, port_bindings=binding)
+    assert http_get(port) == f"hello from {second.id[:12]}\n"
+    keeper_elsewhere["close"]()
+    assert net.finish_releases() == 1
+    assert nat_rules_of(old["cni_id"]) == []
+
+
+def test_a_restart_and_network_rm_run_the_pending_del_first(store, net, ctr, networks, keeper_elsewhere):
+    networks("quay")
+    record = ctr("sh", "-c", HTTPD, name="quayweb", network_mode="quay")
+    peer = ctr("sleep", "1000", network_mode="quay")
+    bridge = net._bridge(net._find("quay"))
+    first = net._load_endpoint(record.id)["attachments"]["quay"]
+    assert first["cni_id"] == record.id  # no pool on a user network: the container's own id
+    store.stop(record.id, timeout=0)
+    assert len(net._pending(record.id)) == 1
+    # The new run's ADD uses the same CNI id: the old DEL (which would take its lease and chains)
+    # runs before it, not after.
+    store.start(record.id)
+    assert net._pending(record.id) == []
+    now = net._load_endpoint(record.id)["attachments"]["quay"]
+    assert now["ip"] in lease_files(net, bridge)
+    wait_httpd(store, record.id)
+    assert exec_out(store, peer.id, "timeout", "3", "wget", "-qO-", "http://quayweb/")[1].startswith("hello")
+    # network rm with a stopped member's DEL still queued: the DEL first (it needs the bridge).
+    store.stop(record.id, timeout=0)
+    store.stop(peer.id, timeout=0)
+    assert len(net._pending()) == 2
+    net.remove("quay")
+    assert net._pending() == []
+    assert not os.path.exists(f"/sys/class/net/{bridge}") and not os.path.isdir(os.path.join(net.ipam_dir, bridge))
+    assert nat_rules_of(record.id) == [] and nat_rules_of(peer.id) == []
+
+
+def test_the_keeper_runs_queued_releases_in_the_background(store, net, ctr):
+    net.start_pool(1)
+    try:
+        assert net._keeper_alive()
+        record = ctr("sleep", "1000")
+        ep = net._load_endpoint(record.id)
+        veth = ep["attachments"]["bridge"]["veth"]
+        store.stop(record.id, timeout=0)
+        assert net._load_endpoint(record.id)["attachments"] == {}
+        deadline = time.monotonic() + 20
+        while net._pending() or os.path.exists(f"/sys/class/net/{veth}") or os.path.exists(ep["netns"]):
+            assert time.monotonic() < deadline, "the keeper did not run the release"
+            time.sleep(0.05)
+    finally:
+        net.stop_pool()
+    assert not net._keeper_alive()
+    # No keeper any more: a release runs in the stopping process, as before.
+    record = ctr("sleep", "1000")
+    veth = net._load_endpoint(record.id)["attachments"]["bridge"]["veth"]
+    store.stop(record.id, timeout=0)
+    assert net._pending() == [] and not os.path.exists(f"/sys/class/net/{veth}")
