@@ -79,4 +79,9 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
             await self.channel_layer.group_discard(self.group, self.channel_name)
 
     async def event_message(self, message):
-        await self.send_json(message["event"])
+        event = message["event"]
+        if event.get("type") == "job.events":  # a batch of log lines (project/jobs.py): one frame each
+            for line in event["events"]:
+                await self.send_json(line)
+        else:
+            await self.send_json(event)

@@ -5,11 +5,14 @@ records every event (progress ones only live, and as the job's latest progress),
 succeeded, failed or cancelled when the block ends (Baserow's run_async_job, NetBox's JobRunner).
 
 Events published to the ``job_<pk>`` and ``events`` groups:
-- ``{"type": "job.event", "job": pk, "seq": n, ...message}``: a log line (kept as a JobEvent);
-  log lines are written in batches (one ``bulk_create`` at most every ``EVENT_FLUSH_INTERVAL``
-  seconds, and when the job ends) and each is published once its row is committed, in seq order;
+- ``{"type": "job.events", "job": pk, "events": [{"type": "job.event", "job": pk, "seq": n, ...message},
+  ...]}`` (the job's group only): log lines (each kept as a JobEvent), written in batches (one
+  ``bulk_create`` at most every ``EVENT_FLUSH_INTERVAL`` seconds, the last one in the same
+  transaction as the job's final state) and published once committed, one message per batch, in
+  seq order (a message per line cost the worker more than a cached build's own work);
 - ``{"type": "job.progress", "job": pk, "id": ..., "current": c, "total": t, ...message}``: live only;
-- ``{"type": "job.state", "job": pk, "status": ..., "error": ...}``: a state change.
+- ``{"type": "job.state", "job": pk, "status": ..., "error": ...}``: a state change; the final one
+  also has ``"seq"``, the job's last log line (all of them committed with the state).
 """
 
 from __future__ import annotations
@@ -83,8 +86,8 @@ def request_cancel(job: Job) -> bool:
     return bool(updated)
 
 
-def _publish_state(job: Job) -> None:
-    event = state_event(job)
+def _publish_state(job: Job, **extra) -> None:
+    event = {**state_event(job), **extra}
     realtime.publish(job.group_name, event)
     realtime.publish(realtime.EVENTS_GROUP, event)
 
@@ -96,6 +99,7 @@ class JobRun:
         self.job = Job.objects.get(pk=job_id)
         self._lock = threading.Lock()
         self._seq = self.job.events.count()
+        self._written = self._seq  # the last seq in the database
         self._cancel_checked = 0.0
         self._cancelled = False
         self._progress_saved = 0.0
@@ -142,18 +146,34 @@ class JobRun:
         return _is_expected(exc) or isinstance(exc, Cancelled)
 
     def finish(self, status: str, error: str = "", result: dict | None = None) -> None:
-        self._close()  # every log line is in the database before the job says it ended
+        """End the job: its last log lines and its final state in one transaction, then published.
+
+        Whoever sees the final state can find every line in the database (and the final state
+        names the last one, ``seq``); a short job costs one commit at its end, not two.
+        """
+        self._close(flush=False)
         self.job.status = status
         self.job.error = error
         self.job.finished_at = timezone.now()
         if result is not None:
             self.job.result = result
-        self.job.save(update_fields=("status", "error", "finished_at", "result", "progress"))
-        _publish_state(self.job)
+        with self._flush_lock:
+            with self._lock:
+                batch, self._pending = self._pending, []
+            try:
+                with transaction.atomic():
+                    self._insert(batch)
+                    self.job.save(update_fields=("status", "error", "finished_at", "result", "progress"))
+            except BaseException:
+                with self._lock:
+                    self._pending[:0] = batch
+                raise
+            self._publish_lines(batch)
+            _publish_state(self.job, seq=self._written)
 
     def set_result(self, result: dict) -> None:
+        """The job's result: written with its final state (``finish``), in the same commit."""
         self.job.result = result
-        Job.objects.filter(pk=self.job.pk).update(result=result)
 
     def cancelled(self) -> bool:
         """True once somebody asked to cancel (read from the database at most twice a second)."""
@@ -192,17 +212,26 @@ class JobRun:
         with self._flush_lock:
             with self._lock:
                 batch, self._pending = self._pending, []
-            if not batch:
-                return
             try:
-                JobEvent.objects.bulk_create(
-                    [JobEvent(job_id=self.job.pk, seq=seq, time=when, data=message) for seq, when, message in batch])
+                self._insert(batch)
             except BaseException:
                 with self._lock:  # keep them for the next try (the final one raises)
                     self._pending[:0] = batch
                 raise
-            for seq, _, message in batch:
-                realtime.publish(self.job.group_name, {"type": "job.event", "job": self.job.pk, "seq": seq, **message})
+            self._publish_lines(batch)
+
+    def _insert(self, batch: list[tuple[int, object, dict]]) -> None:
+        if batch:
+            JobEvent.objects.bulk_create(
+                [JobEvent(job_id=self.job.pk, seq=seq, time=when, data=message) for seq, when, message in batch])
+            self._written = batch[-1][0]
+
+    def _publish_lines(self, batch: list[tuple[int, object, dict]]) -> None:
+        """Publish committed lines: one ``job.events`` message per batch, not one per line."""
+        if batch:
+            pk = self.job.pk
+            realtime.publish(self.job.group_name, {"type": "job.events", "job": pk, "events": [
+                {"type": "job.event", "job": pk, "seq": seq, **message} for seq, _, message in batch]})
 
     def _flush_loop(self) -> None:
         """The writer thread: a batch ``EVENT_FLUSH_INTERVAL`` after its first line, until ``_close()``."""
@@ -225,15 +254,16 @@ class JobRun:
         finally:
             connection.close()  # this thread's own connection
 
-    def _close(self) -> None:
-        """Stop the writer thread and write what is left, here."""
+    def _close(self, flush: bool = True) -> None:
+        """Stop the writer thread; with ``flush``, write what is left here."""
         with self._lock:
             self._closing = True
             self._wake.notify_all()
             flusher = self._flusher
         if flusher is not None and flusher is not threading.current_thread():
             flusher.join()
-        self.flush()
+        if flush:
+            self.flush()
 
     def _progress(self, message: dict, detail: dict) -> None:
         key = message.get("id") or "-"

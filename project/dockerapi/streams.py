@@ -1,10 +1,13 @@
 """Streaming a job's events as the Docker API's JSON-lines answer (pull, push, load, build).
 
 The stream joins the job's Channels group first, then replays the log already in the database,
-then follows live events: a log line that comes next in seq order is sent as it arrived (JobRun
-publishes a line only once its row is committed), any other sign of news (a gap in seq, a state
-change) sends it back to the database; every few seconds it looks at the database too, so an event
-lost by the channel layer is still sent, and the stream ends when the job does.
+then follows live events: JobRun publishes each batch of log lines once it is committed, as one
+``job.events`` message, and its lines that come next in seq order are sent as they arrived; the
+job's final state names its last line (``seq``), committed with it, so a stream that has sent that
+line ends without reading the database again (a cached build: the one read when the stream
+starts). A gap in seq, or an end without that line, sends it back to the database; every few
+seconds it looks at the database too, so an event lost by the channel layer is still sent, and
+the stream ends when the job does.
 """
 
 import asyncio
@@ -52,9 +55,9 @@ async def job_stream(job_id: int, *, cancel_on_disconnect: bool = True):
         while True:
             if read:
                 events, status, error = await _events_after(job_id, last_seq)
-                for seq, data in events:
-                    last_seq = seq
-                    yield _line(docker_message(data))
+                if events:
+                    last_seq = events[-1][0]
+                    yield b"".join(_line(docker_message(data)) for _, data in events)
                 if status in TERMINAL_JOB_STATES:
                     finished = True
                     return
@@ -68,11 +71,27 @@ async def job_stream(job_id: int, *, cancel_on_disconnect: bool = True):
             read = False
             if kind == "job.progress":
                 yield _line(docker_message(event))
-            elif kind == "job.event" and event.get("seq") == last_seq + 1:
-                last_seq = event["seq"]
-                yield _line(docker_message(event))
-            elif kind != "job.event" or event.get("seq", 0) > last_seq:
-                # A state change, or a line after one the channel layer lost: read them, in order.
+            elif kind in ("job.events", "job.event"):
+                chunk = []  # a batch goes out as one write, not one per line
+                for line in event.get("events") or [event]:
+                    seq = line.get("seq", 0)
+                    if seq == last_seq + 1:
+                        last_seq = seq
+                        chunk.append(_line(docker_message(line)))
+                    elif seq > last_seq:
+                        read = True  # a batch the channel layer lost: read them, in order
+                        break
+                if chunk:
+                    yield b"".join(chunk)
+            elif kind == "job.state":
+                if event.get("status") in TERMINAL_JOB_STATES:
+                    if event.get("seq") == last_seq:
+                        # Its lines were committed with it and all of them are sent: the end.
+                        finished = True
+                        return
+                    read = True
+                # "running" has nothing to read.
+            else:
                 read = True
     except (asyncio.CancelledError, GeneratorExit):
         if cancel_on_disconnect and not finished:
