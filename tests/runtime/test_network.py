@@ -9,7 +9,6 @@ of its containers is left.
 
 import ipaddress
 import os
-import random
 import secrets
 import shutil
 import signal
@@ -22,32 +21,18 @@ import pytest
 from runtime.containers import ContainerStore
 from runtime.errors import AlreadyExists, InvalidState, NotFound
 from runtime.network import NetworkManager
-from runtime.network.manager import host_routes
+from tests.runtime.network_support import (
+    HTTPD,
+    exec_out,
+    free_port,
+    http_get,
+    lease_files,
+    make_manager,
+    wait_httpd,
+)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/usr/lib/cni/bridge"),
                                 reason="runs real containers and CNI: needs root and containernetworking-plugins")
-
-HTTPD = "mkdir -p /www && echo \"hello from $(hostname)\" > /www/index.html && exec httpd -f -p 80 -h /www"
-
-
-def free_subnet(prefix: int) -> str:
-    routes = [r for r, _ in host_routes()]
-    while True:
-        candidate = ipaddress.ip_network(f"10.{random.randint(200, 249)}.{random.randint(0, 255) if prefix > 16 else 0}.0/{prefix}")
-        if not any(candidate.overlaps(r) for r in routes):
-            return str(candidate)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def make_manager(config, store, tag):
-    return NetworkManager(config, store, bridge=f"bt{tag}0", subnet=free_subnet(24), user_subnets=free_subnet(16),
-                          bridge_prefix=f"bt{tag}-", ipam_dir=os.path.join(os.path.dirname(config.root), "ipam"))
-
 
 # The base and engine fixtures (and the ctr this module wraps) are in conftest.py.
 ENGINE_DIR_PREFIX = "bn-"
@@ -103,39 +88,6 @@ def ctr(networks, ctr):
     # conftest's ctr (on this module's ``store``), set up after ``networks``: containers go
     # first at teardown, then their networks.
     return ctr
-
-
-def http_get(port: int, host: str = "127.0.0.1", timeout: float = 5.0) -> str:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with socket.create_connection((host, port), timeout=2) as s:
-                s.sendall(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
-                data = b""
-                while chunk := s.recv(4096):
-                    data += chunk
-            return data.decode().partition("\r\n\r\n")[2]
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
-
-
-def exec_out(store, cid, *cmd) -> tuple[int, str]:
-    code, out, err = store.exec(cid, list(cmd), timeout=30)
-    return code, (out + err).decode()
-
-
-def wait_httpd(store, cid):
-    deadline = time.monotonic() + 5
-    while exec_out(store, cid, "sh", "-c", "netstat -ltn | grep -q ':80 '")[0] != 0:
-        assert time.monotonic() < deadline, "httpd did not start"
-        time.sleep(0.05)
-
-
-def lease_files(net, bridge) -> list[str]:
-    d = os.path.join(net.ipam_dir, bridge)
-    return [e for e in os.listdir(d) if e[0].isdigit()] if os.path.isdir(d) else []
 
 
 def test_a_published_port_answers_on_loopback_and_inspect_shows_it(store, net, ctr):
@@ -561,3 +513,84 @@ def test_the_keeper_runs_queued_releases_in_the_background(store, net, ctr):
     veth = net._load_endpoint(record.id)["attachments"]["bridge"]["veth"]
     store.stop(record.id, timeout=0)
     assert net._pending() == [] and not os.path.exists(f"/sys/class/net/{veth}")
+
+
+#
+# The loopback guard (notes/cni.md §3.5)
+#
+
+
+def _guard_drops() -> int:
+    """Packets the loopback guard (INPUT: to 127/8, not from 127/8, not DNATed: DROP) dropped so far."""
+    out = subprocess.run(["iptables", "-w", "-L", "INPUT", "-v", "-n", "-x"], capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        words = line.split()
+        if len(words) >= 9 and words[2] == "DROP" and words[7] == "!127.0.0.0/8" and words[8] == "127.0.0.0/8":
+            return int(words[0])
+    raise AssertionError(f"no loopback guard in INPUT:\n{out}")
+
+
+def test_a_container_cannot_reach_a_host_service_bound_only_to_loopback(store, net, ctr):
+    import http.server
+    import threading
+
+    class Secret(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"host-only secret\n")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Secret)
+    secret_port = server.server_address[1]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        assert "secret" in http_get(secret_port)
+        # A port published on 127.0.0.1 makes portmap set route_localnet on the bridge: the kernel
+        # then routes packets for 127/8 that arrive on it, which is the hole the guard closes.
+        port = free_port()
+        web = ctr("sh", "-c", HTTPD, port_bindings={"80/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(port)}]})
+        with open(f"/proc/sys/net/ipv4/conf/{net.default_bridge}/route_localnet") as f:
+            assert f.read().strip() == "1"
+        attacker = ctr("sleep", "1000")
+        settings = store.inspect(attacker.id)["NetworkSettings"]
+        gateway, sandbox = settings["Gateway"], settings["SandboxKey"]
+        # Through the gateway's address: the service listens on 127.0.0.1 only.
+        code, out = exec_out(store, attacker.id, "timeout", "3", "wget", "-qO-", f"http://{gateway}:{secret_port}/")
+        assert code != 0 and "secret" not in out
+        # A container with NET_ADMIN (done here from the host, in its namespace) sends 127.0.0.1 to
+        # the gateway instead of its own loopback: the packets reach the host, and the guard drops them.
+        for argv in (["ip", "route", "del", "local", "127.0.0.0/8", "dev", "lo", "table", "local"],
+                     ["ip", "route", "del", "local", "127.0.0.1", "dev", "lo", "table", "local"],
+                     ["ip", "route", "add", "127.0.0.1/32", "via", gateway, "dev", "eth0"],
+                     ["sysctl", "-qw", "net.ipv4.conf.eth0.route_localnet=1"],
+                     ["sysctl", "-qw", "net.ipv4.conf.all.route_localnet=1"],
+                     # and takes the answers from 127.0.0.1 (its own lo address) on eth0
+                     ["sysctl", "-qw", "net.ipv4.conf.eth0.accept_local=1"]):
+            proc = subprocess.run(["nsenter", f"--net={sandbox}", *argv], capture_output=True, text=True)
+            assert proc.returncode == 0 or "No such process" in proc.stderr, (argv, proc.stderr)
+        route = subprocess.run(["nsenter", f"--net={sandbox}", "ip", "route", "get", "127.0.0.1"],
+                               capture_output=True, text=True).stdout
+        assert f"via {gateway}" in route, route
+        dropped = _guard_drops()
+        code, out = exec_out(store, attacker.id, "timeout", "3", "wget", "-qO-", f"http://127.0.0.1:{secret_port}/")
+        assert code != 0 and "secret" not in out
+        assert _guard_drops() > dropped  # it was the guard that stopped them
+        # Control: with an exception above the guard for exactly this container and service port,
+        # the same request gets through (so the guard is what closes the hole).
+        exception = ["INPUT", "-s", settings["IPAddress"], "-d", "127.0.0.1", "-p", "tcp", "--dport",
+                     str(secret_port), "-j", "ACCEPT"]
+        subprocess.run(["iptables", "-w", "-I", *exception], check=True)
+        try:
+            code, out = exec_out(store, attacker.id, "timeout", "3", "wget", "-qO-", f"http://127.0.0.1:{secret_port}/")
+        finally:
+            subprocess.run(["iptables", "-w", "-D", *exception], check=True)
+        assert code == 0 and out == "host-only secret\n", out
+        # The published port still answers on the host's loopback, and from a container through
+        # the gateway it is not published on.
+        assert http_get(port) == f"hello from {web.id[:12]}\n"
+    finally:
+        server.shutdown()
+        server.server_close()
