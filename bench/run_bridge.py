@@ -22,8 +22,10 @@ CLIs' and the API's, on loopback and unix sockets.
 
 At the end, after both engines stopped: the bridge is deleted, and the iptables rules dockerd added
 (those naming our bridge or subnet, the jumps to its chains) and its ``DOCKER*`` chains, when they
-did not exist before the run, are removed; ``ip_forward`` and ``bridge-nf-call-iptables`` are put
-back if dockerd changed them. What is left (a bridge, a chain, a namespace of ours) is reported.
+did not exist before the run, are removed; the FORWARD policy, ``ip_forward`` and
+``bridge-nf-call-iptables`` are put back if dockerd changed them (``tests/support/dockerd.py``'s
+``DockerBridge``, which the test of Berth beside dockerd's rules uses too). What is left (a bridge,
+a chain, a namespace of ours) is reported.
 """
 
 from __future__ import annotations
@@ -31,8 +33,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-import secrets
-import shlex
 import shutil
 import signal
 import statistics
@@ -54,114 +54,7 @@ from bench.run import (
     percentile,
     start_berth,
 )
-
-# Subnets the bench may give dockerd's bridge, first free one wins; none overlaps Berth's default
-# bridge candidates (10.89/16, 10.91-93/16, 172.29/16) or its user networks (10.90/16).
-BRIDGE_CANDIDATES = ("10.252.213.0/24", "10.253.77.0/24", "172.31.213.0/24", "192.168.213.0/24")
-BERTH_SUBNETS = ("10.89.0.0/16", "10.90.0.0/16", "10.91.0.0/16", "10.92.0.0/16", "10.93.0.0/16", "172.29.0.0/16")
-SYSCTLS = ("/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/bridge/bridge-nf-call-iptables")
-TABLES = ("filter", "nat")
-
-
-def _sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, check=check, capture_output=True, text=True, timeout=60)
-
-
-def _routes() -> list[ipaddress.IPv4Network]:
-    out = []
-    for line in _sh("ip", "-4", "route", "show", "table", "all").stdout.splitlines():
-        word = line.split()[0] if line.split() else ""
-        if word in ("local", "broadcast", "unreachable", "blackhole", "prohibit", "multicast"):
-            word = line.split()[1]
-        if word == "default":
-            continue
-        try:
-            out.append(ipaddress.ip_network(word, strict=False))
-        except ValueError:
-            continue
-    return out
-
-
-def _chains(table: str) -> set[str]:
-    return {line.split()[1] for line in _sh("iptables", "-t", table, "-S").stdout.splitlines()
-            if line.startswith("-N ")}
-
-
-def _read(path: str) -> str | None:
-    try:
-        with open(path) as f:
-            return f.read().strip()
-    except OSError:
-        return None
-
-
-class DockerBridge:
-    """dockerd's default bridge, made by the bench, and what dockerd does to the host's firewall
-    and sysctls because of it; ``remove()`` undoes all of it."""
-
-    def __init__(self):
-        self.name = "bbench" + secrets.token_hex(3)
-        taken = _routes() + [ipaddress.ip_network(s) for s in BERTH_SUBNETS]
-        free = [s for s in BRIDGE_CANDIDATES if not any(ipaddress.ip_network(s).overlaps(t) for t in taken)]
-        if not free:
-            raise RuntimeError(f"every bridge subnet candidate is routed already: {BRIDGE_CANDIDATES}")
-        self.subnet = ipaddress.ip_network(free[0])
-        self.gateway = f"{next(self.subnet.hosts())}/{self.subnet.prefixlen}"
-        self.chains_before = {t: _chains(t) for t in TABLES}
-        self.sysctls_before = {p: _read(p) for p in SYSCTLS}
-        _sh("ip", "link", "add", self.name, "type", "bridge")
-        try:
-            _sh("ip", "addr", "add", self.gateway, "dev", self.name)
-            _sh("ip", "link", "set", self.name, "up")
-        except BaseException:
-            self.remove()
-            raise
-        log(f"docker bridge {self.name} {self.gateway}")
-
-    def dockerd_args(self) -> tuple[str, ...]:
-        return (f"--bridge={self.name}", "--iptables=true", "--ip-masq=true")
-
-    def _ours(self, table: str, line: str, new_chains: set[str]) -> bool:
-        words = shlex.split(line)
-        if self.name in words or str(self.subnet) in words:
-            return True
-        return "-j" in words and words[words.index("-j") + 1] in new_chains
-
-    def remove(self) -> list[str]:
-        """After dockerd stopped: delete the bridge, dockerd's rules and new chains; put sysctls
-        back. Returns what could not be removed."""
-        left = []
-        if os.path.exists(f"/sys/class/net/{self.name}"):
-            _sh("ip", "link", "del", self.name, check=False)
-        for table in TABLES:
-            # Only the DOCKER* chains that appeared during the run are dockerd's (CNI chains of the
-            # Berths running meanwhile are not ours to touch).
-            new_chains = {c for c in _chains(table) - self.chains_before[table] if c.startswith("DOCKER")}
-            for line in _sh("iptables", "-t", table, "-S").stdout.splitlines():
-                if not line.startswith("-A "):
-                    continue
-                words = shlex.split(line)
-                if words[1] in new_chains:
-                    continue  # flushed below
-                if self._ours(table, line, new_chains):
-                    _sh("iptables", "-t", table, "-D", *words[1:], check=False)
-            for chain in new_chains:
-                _sh("iptables", "-t", table, "-F", chain, check=False)
-            for chain in new_chains:
-                if _sh("iptables", "-t", table, "-X", chain, check=False).returncode != 0:
-                    left.append(f"{table} chain {chain}")
-            for line in _sh("iptables", "-t", table, "-S").stdout.splitlines():
-                if line.startswith("-A ") and self._ours(table, line, set()):
-                    left.append(f"{table}: {line}")
-        for path, value in self.sysctls_before.items():
-            if value is not None and _read(path) != value:
-                with open(path, "w") as f:
-                    f.write(value)
-                log(f"{path} put back to {value}")
-        if os.path.exists(f"/sys/class/net/{self.name}"):
-            left.append(f"bridge {self.name}")
-        return left
-
+from tests.support.dockerd import DockerBridge
 
 #
 # The measurements
