@@ -13,7 +13,10 @@ Daphne's socket, carrying the client's headers and the shared front secret) whet
 attach, and where to: the container's (or exec session's) conmon attach socket, the tty flag and the
 stdin rules. It then connects to that socket **before** the 101, sends the 101 alone, and relays:
 conmon's packets -> Docker frames (raw with a TTY), client bytes -> the process's stdin, with the
-stdin-EOF rules dockerd follows (notes/hijack.md §1).
+stdin-EOF rules dockerd follows (notes/hijack.md §1). An attach before start (``docker run``) is
+the exception: the container is still being created in runc, so the front sends the 101 first,
+connects when the create is done, and holds the client's ``start`` of that container until then
+(``Front.pass_gate``): the process cannot write before someone reads.
 
 Everything else (HTTP requests with any body framing, streaming answers, websockets) is copied to a
 Daphne connection pinned to the client connection; answers are relayed blindly (clients do not
@@ -46,11 +49,15 @@ SECRET_HEADER = "X-Berth-Front-Secret"
 PREFLIGHT_PATH = "/v1.41/_berth/hijack/preflight"
 EXEC_START_PATH = "/v1.41/_berth/hijack/exec-start"
 EXEC_FINISH_PATH = "/v1.41/_berth/hijack/exec-finish"
+INIT_WAIT_PATH = "/v1.41/_berth/hijack/init-wait"
+# How long a start waits for an attach that is still connecting (the container's runc create).
+START_GATE_TIMEOUT = 60.0
 UPGRADED = (b"HTTP/1.1 101 UPGRADED\r\nContent-Type: application/vnd.docker.raw-stream\r\n"
             b"Connection: Upgrade\r\nUpgrade: tcp\r\n\r\n")
 NOT_UPGRADED = b"HTTP/1.1 200 OK\r\nContent-Type: application/vnd.docker.raw-stream\r\n\r\n"
 
 ATTACH_RE = re.compile(r"^/(?:v\d+\.\d+/)?containers/([^/]+)/attach$")
+START_RE = re.compile(r"^/(?:v\d+\.\d+/)?containers/([^/]+)/start$")
 EXEC_START_RE = re.compile(r"^/(?:v\d+\.\d+/)?exec/([^/]+)/start$")
 INTERNAL_RE = re.compile(r"^/(?:v\d+\.\d+/)?_berth(?:/|$)")
 # Headers the client may not set (they mean something between the front and Daphne), and the
@@ -296,6 +303,32 @@ class Front:
     def __init__(self, upstream: str, secret: str):
         self.upstream = upstream
         self.secret = secret
+        # Attaches still connecting, by container reference (the attach path's and the full id):
+        # a start of that container waits for them, so the process's first output has a reader.
+        self.gates: dict[str, list[asyncio.Event]] = {}
+
+    def open_gate(self, refs: set[str]) -> asyncio.Event:
+        """Hold starts of the container known as ``refs`` until the returned event is set."""
+        event = asyncio.Event()
+        for ref in refs:
+            self.gates.setdefault(ref, []).append(event)
+        return event
+
+    def close_gate(self, refs: set[str], event: asyncio.Event) -> None:
+        event.set()
+        for ref in refs:
+            waiting = self.gates.get(ref, [])
+            if event in waiting:
+                waiting.remove(event)
+            if not waiting:
+                self.gates.pop(ref, None)
+
+    async def pass_gate(self, ref: str) -> None:
+        """Wait until no attach of ``ref`` is connecting (bounded: a stuck attach does not block starts)."""
+        events = list(self.gates.get(ref, ()))
+        if events:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*(e.wait() for e in events)), START_GATE_TIMEOUT)
 
     async def internal(self, path: str, client_head: Head, payload: dict, peer: str) -> tuple[int, dict, bytes]:
         """One request to Daphne on its socket, as the front: the client's own headers (its token),
@@ -391,6 +424,8 @@ class Connection:
                 if not await Hijack(self, head).run():
                     continue  # refused with an ordinary answer: the connection lives on
                 return
+            if head.method == "POST" and (match := START_RE.match(head.path)):
+                await self.front.pass_gate(match[1])
             if not await self.forward(head):
                 return
 
@@ -484,6 +519,8 @@ class Hijack:
             await self.refuse(status, headers, answer)
             return False
         plan = json.loads(answer)
+        if plan.get("init_task"):
+            return await self.run_early(plan)
         try:
             attach = await open_attach(plan["socket"])
         except OSError as e:
@@ -498,11 +535,49 @@ class Hijack:
             attach.close()
         return True
 
-    async def relay(self, plan: dict, attach) -> None:
+    async def run_early(self, plan: dict) -> bool:
+        """An attach before start (``docker run``, ``start -a``): the container is being created in
+        runc (the preflight queued it). Answer 101 now, so the client goes on with its wait and
+        start, and hold any start of this container until the attach socket is connected: the
+        create overlaps the client's next requests, and no output is lost."""
+        front = self.conn.front
+        ref = ATTACH_RE.match(self.head.path)[1]
+        refs = {ref, plan["container_id"]}
+        gate = front.open_gate(refs)
+        try:
+            await self.upgrade()
+            try:
+                status, _, answer = await front.internal(INIT_WAIT_PATH, self.head, {
+                    "task": plan["init_task"], "container_id": plan["container_id"]}, self.conn.peer)
+            except (OSError, ValueError, IndexError) as e:
+                status, answer = 503, json.dumps({"message": str(e)}).encode()
+            if status != 200:
+                # The create failed: the client's start (let through now) tries again and reports
+                # the error the way Docker does, on the start; this stream just ends.
+                logger.info("attach to %s: create failed: %s", plan["container_id"][:12], answer[:300])
+                return True
+            try:
+                attach = await open_attach(plan["socket"])
+            except OSError as e:
+                logger.warning("attach to %s failed: %s", plan["socket"], e)
+                return True
+        finally:
+            front.close_gate(refs, gate)
+        try:
+            await self.relay(plan, attach, upgraded=True)
+        finally:
+            attach.close()
+        return True
+
+    async def upgrade(self) -> None:
+        self.writer.write(UPGRADED if "tcp" in self.head.tokens("upgrade") else NOT_UPGRADED)
+        await self.writer.drain()  # the 101 goes alone (notes/hijack.md pitfall 5)
+
+    async def relay(self, plan: dict, attach, upgraded: bool = False) -> None:
         front = self.conn.front
         upgrade = "tcp" in self.head.tokens("upgrade")
-        self.writer.write(UPGRADED if upgrade else NOT_UPGRADED)
-        await self.writer.drain()  # the 101 goes alone (notes/hijack.md pitfall 5)
+        if not upgraded:
+            await self.upgrade()
         tty, stdin = bool(plan.get("tty")), bool(plan.get("stdin"))
         out = spawn(self.output(attach, tty))
         inp = spawn(self.input(attach, plan, stdin, tty))

@@ -29,13 +29,41 @@ def wrap_result(fn, *args, **kwargs) -> dict:
 def call(task, *args, node: str | None = None, timeout: float = DEFAULT_TIMEOUT, **kwargs):
     """Run ``task`` on the node's worker and wait for its answer; raise its engine error."""
     if settings.CELERY_TASK_ALWAYS_EAGER:
-        answer = task.apply(args=args, kwargs=kwargs).get()
-    else:
-        try:
-            answer = task.apply_async(args=args, kwargs=kwargs, queue=node_queue(node)).get(timeout=timeout)
-        except TimeoutError:
-            raise errors.EngineError(f"the worker of node {node or settings.NODE_NAME} did not answer "
-                                     f"within {timeout:.0f}s: is it running?") from None
+        return _unwrap(task.apply(args=args, kwargs=kwargs).get())
+    return _get(task.apply_async(args=args, kwargs=kwargs, queue=node_queue(node)), node, timeout)
+
+
+def send(task, *args, node: str | None = None, **kwargs) -> str:
+    """Queue ``task`` on the node's worker without waiting; ``wait_for`` its id gives the answer."""
+    if settings.CELERY_TASK_ALWAYS_EAGER:
+        result = task.apply(args=args, kwargs=kwargs)
+        _EAGER[result.id] = result.get()
+        return result.id
+    return task.apply_async(args=args, kwargs=kwargs, queue=node_queue(node)).id
+
+
+_EAGER: dict[str, dict] = {}
+
+
+def wait_for(task_id: str, node: str | None = None, timeout: float = DEFAULT_TIMEOUT):
+    """The answer of a task ``send`` queued, as ``call`` gives it (its engine error raised)."""
+    if task_id in _EAGER:
+        return _unwrap(_EAGER.pop(task_id))
+    from celery.result import AsyncResult
+
+    return _get(AsyncResult(task_id), node, timeout)
+
+
+def _get(result, node: str | None, timeout: float):
+    try:
+        answer = result.get(timeout=timeout)
+    except TimeoutError:
+        raise errors.EngineError(f"the worker of node {node or settings.NODE_NAME} did not answer "
+                                 f"within {timeout:.0f}s: is it running?") from None
+    return _unwrap(answer)
+
+
+def _unwrap(answer: dict):
     if answer["ok"]:
         return answer["result"]
     cls = getattr(errors, answer["error"], errors.EngineError)

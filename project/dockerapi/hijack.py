@@ -8,7 +8,9 @@ any other answer (401, 403, 404, 409) goes to the client verbatim and no 101 is 
 
 - attach: a container that is not running yet (``docker run`` attaches before start, ``start -ai``)
   is created in runc first (``ContainerStore.init``, on the worker), so its attach socket exists
-  and the CLI's start loses no output.
+  and the CLI's start loses no output. The preflight only queues that create (``init_task``): the
+  front answers 101 at once, waits for it (``init_wait``), connects, and meanwhile holds any start
+  of the container, so the create overlaps the CLI's next requests instead of preceding them.
 - exec: the worker prepares the conmon exec session (``ContainerStore.exec_session``); the front
   connects, sends 101, then calls ``exec_start`` (one byte to the session's start FIFO), and when
   the stream ends ``exec_finish`` waits for the exit code and records it before the front closes
@@ -122,15 +124,17 @@ def _attach(request, name: str, query: QueryDict):
     state = _state(record)
     if state in ("removing", "dead"):
         raise ApiError(f"Container {record.id} is {state}: cannot attach", 409)
+    init_task = None
     if state in ("configured", "exited"):
-        # Attached before start (docker run, start -ai): create it in runc now, so the attach
-        # socket exists before the CLI starts it and no output is lost.
-        nodes.call(tasks.hijack, "init", record.id)
-        record = store().get(record.id)
+        # Attached before start (docker run, start -ai): the worker creates it in runc now, so its
+        # attach socket exists before it starts and no output is lost. The front answers 101 at
+        # once, waits for this (init_wait), connects, and holds the client's start until then.
+        init_task = nodes.send(tasks.hijack, "init", record.id)
     stdin = query.get("stdin", "").lower() in ("1", "true", "yes") and bool(record.config.open_stdin)
     audit.record(request, "container.attach", services.get_container(record.id), stdin=stdin)
     return json_response({"kind": "attach", "container_id": record.id, "socket": store().attach_socket_path(record.id),
-                          "tty": bool(record.config.tty), "stdin": stdin, "stdin_once": bool(record.config.stdin_once)})
+                          "tty": bool(record.config.tty), "stdin": stdin, "stdin_once": bool(record.config.stdin_once),
+                          "init_task": init_task})
 
 
 def _exec(request, exec_id: str, body: dict):
@@ -171,6 +175,18 @@ def exec_start(request):
 
 
 @front_only
+async def init_wait(request, version=None):
+    """The answer of the runc create an early attach queued (``_attach``): 200 once the container's
+    attach socket is there, else the engine's error (the client's start reports it again)."""
+    doc = json.loads(request.body or b"{}")
+    try:
+        await sync_to_async(nodes.wait_for, thread_sensitive=False)(doc.get("task", ""))
+    except errors.EngineError as e:
+        return JsonResponse({"message": str(e)}, status=409)
+    return JsonResponse({"ok": True})
+
+
+@front_only
 async def exec_finish(request, version=None):
     """Wait (a little) for the session's exit code and record it: the CLI reads it right after."""
     from containers import services
@@ -205,6 +221,9 @@ def do_init(container_id: str) -> str:
     """runc create without start, and the row in step (CREATED)."""
     from containers import services
 
+    record = store().get(container_id)
+    if _state(record) in ("created", "running", "paused"):
+        return record.id  # another attach (or a start) got there first: nothing to create
     record = store().init(container_id)
     services.sync_container(record)
     return record.id

@@ -75,4 +75,5 @@ urlpatterns = [
     path("_berth/hijack/preflight", hijack.preflight, name="hijack_preflight"),
     path("_berth/hijack/exec-start", hijack.exec_start, name="hijack_exec_start"),
     path("_berth/hijack/exec-finish", hijack.exec_finish, name="hijack_exec_finish"),
+    path("_berth/hijack/init-wait", hijack.init_wait, name="hijack_init_wait"),
 ]
