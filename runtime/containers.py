@@ -853,7 +853,7 @@ class ContainerStore:
             lowers = [self.layers.get(c).path for c in image.chain_ids]
             rootfs = mount_rootfs(self._dir(cid), lowers, links_dir=self.links_dir)
             netns = self.network.prepare(record)
-            spec = self._build_spec(record, rootfs, netns)
+            spec = self._build_spec(record, rootfs, netns, image_arch=image.architecture)
             replace_json(os.path.join(self._bundle(cid), "config.json"), spec)
             tty = record.config.tty
             pid = self.conmon.create(
@@ -913,7 +913,7 @@ class ContainerStore:
     # The spec
     #
 
-    def _build_spec(self, record: ContainerRecord, rootfs: str, netns: str | None) -> dict:
+    def _build_spec(self, record: ContainerRecord, rootfs: str, netns: str | None, image_arch: str = "") -> dict:
         """The OCI spec of a run: the image's and the user's options through runtime.spec."""
         config = record.config
         cid = record.id
@@ -922,7 +922,7 @@ class ContainerStore:
         seccomp = None
         if not config.privileged and security.get("seccomp") != "unconfined":
             oci_spec.check_seccomp_support(self.runc.features(), self.runc.path)
-            seccomp = oci_spec.default_seccomp_profile(caps)
+            seccomp = oci_spec.default_seccomp_profile(caps, image_arch=image_arch)
         etc = self._write_etc_files(record, host_network=netns == "host")
         opts = [
             oci_spec.with_root(rootfs),

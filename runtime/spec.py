@@ -847,19 +847,29 @@ _ARCHES = {
               ["s390_pci_mmio_read", "s390_pci_mmio_write", "s390_runtime_instr"]),
     "ppc64le": ("SCMP_ARCH_PPC64LE", [], ["sync_file_range2", "swapcontext"]),
 }
+# Image architectures (as image configs name them) that run on a host through its 32-bit ABIs.
+_COMPAT_IMAGE_ARCHES = {"x86_64": ("386",), "aarch64": ("arm",), "s390x": ("s390",)}
 
 
-def default_seccomp_profile(capabilities: Iterable[str], machine: str | None = None) -> dict:
+def default_seccomp_profile(capabilities: Iterable[str], machine: str | None = None, image_arch: str = "") -> dict:
     """Docker's default seccomp profile for a container with these capabilities, as an OCI
     ``linux.seccomp`` object: an allowlist, EPERM for every other syscall.
 
     Capability-gated syscalls (mount with CAP_SYS_ADMIN, chroot with CAP_SYS_CHROOT...) are allowed
     only when the container has the capability. Without CAP_SYS_ADMIN, clone(2) may not create
     namespaces and clone3(2) answers ENOSYS, so that libc falls back to clone(2).
+
+    One difference from Docker: the host's 32-bit syscall ABIs (x86 and x32 beside x86_64, arm
+    beside aarch64) are in the filter only for an image built for one of them (``image_arch`` 386
+    or arm). Any other image's filter has the native ABI alone, so a 32-bit syscall from it is
+    refused; runc compiles a filter per ABI at every start, and the two extra ones cost about
+    10 ms of each ``runc create`` here.
     """
     caps = set(capabilities)
     machine = machine or platform.machine()
     native, sub_arches, arch_calls = _ARCHES.get(machine, _ARCHES["x86_64"])
+    if image_arch not in _COMPAT_IMAGE_ARCHES.get(machine, ()):
+        sub_arches = []
     allowed = list(_SECCOMP_ALLOW) + list(arch_calls)
     for cap, names in _SECCOMP_BY_CAPABILITY.items():
         if cap in caps:
