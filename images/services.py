@@ -13,12 +13,13 @@ import tempfile
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 
 from project import audit, nodes, realtime
 from project.choices import JobKindChoices
 from project.engine import get_engine
 from project.jobs import JobRun, enqueue_job
-from runtime.errors import InvalidArgument
+from runtime.errors import InvalidArgument, NotFound
 from runtime.images import ImageRecord
 from runtime.reference import parse_reference
 
@@ -130,24 +131,26 @@ def build_image(job_id: int) -> None:
         if run.skip:
             return
         params = run.job.params
-        before = _image_states()
+        touched: dict[str, None] = {}  # the images the build added or tagged, in order
         try:
             with open(params["path"], "rb") as context:
                 record = build(get_engine(), context, dockerfile=params["dockerfile"], tags=params["tags"],
                                build_args=params["build_args"], target=params["stage"] or None,
                                no_cache=params["no_cache"], pull=params["pull"], labels=params["labels"],
                                progress=run.emit, cancelled=run.cancelled,
-                               network_mode=_build_network(params.get("network_mode")))
+                               network_mode=_build_network(params.get("network_mode")),
+                               on_image=lambda image_id: touched.setdefault(image_id))
         except BaseException:
             # The steps that succeeded left images (reused by the next build's cache): record them.
             try:
-                sync_changed_images(before)
+                sync_images(touched)
             except Exception:
                 logger.exception("recording the images of a failed build")
             raise
         finally:
             _unlink(params["path"])
-        sync_changed_images(before)
+        touched.pop(str(record.id), None)
+        sync_images(touched)
         image = sync_image(record, job=run.job)
         run.set_result({"image": record.id, "tags": record.repo_tags, "url": image.get_absolute_url()})
 
@@ -308,18 +311,49 @@ def _parse_time(text: str) -> datetime.datetime | None:
     return value if value.tzinfo else value.replace(tzinfo=datetime.timezone.utc)
 
 
-@transaction.atomic
 def sync_image(record: ImageRecord, job=None) -> Image:
-    """Create or update the rows of one image (its layers and tags) from the engine's record."""
-    image, created = Image.objects.update_or_create(
-        digest=record.id,
-        defaults=dict(node=settings.NODE_NAME, size=record.size, created=_parse_time(record.created),
-                      architecture=record.architecture, os=record.os, config=record.config,
-                      repo_digests=record.repo_digests),
-    )
+    """Create or update the rows of one image (its layers and tags) from the engine's record.
+
+    The rows are read first, outside a transaction: when they already say what the record says (a
+    cached rebuild: the same image and tags, its job link set), nothing is written and no write
+    lock is taken (SQLite's IMMEDIATE transactions take it when they begin).
+    """
+    values = dict(node=settings.NODE_NAME, size=record.size, created=_parse_time(record.created),
+                  architecture=record.architecture, os=record.os, config=record.config,
+                  repo_digests=record.repo_digests)
+    image = Image.objects.filter(digest=record.id).first()
+    if image is not None and _rows_match(image, values, record, job):
+        return image
+    return _sync_image(record, values, job)
+
+
+def _rows_match(image: Image, values: dict, record: ImageRecord, job) -> bool:
     if job is not None and image.job_id is None:
-        image.job = job
-        image.save(update_fields=("job",))
+        return False
+    if any(getattr(image, name) != value for name, value in values.items()):
+        return False
+    if image.image_layers.count() != len(record.layers):
+        return False
+    rows = Tag.objects.filter(node=settings.NODE_NAME).filter(Q(image=image) | Q(name__in=record.repo_tags))
+    return set(rows.values_list("name", "image_id")) == {(name, image.pk) for name in record.repo_tags}
+
+
+@transaction.atomic
+def _sync_image(record: ImageRecord, values: dict, job) -> Image:
+    image = Image.objects.filter(digest=record.id).first()
+    created = changed = image is None
+    if image is None:
+        image = Image.objects.create(digest=record.id, job=job, **values)
+    else:
+        fields = [name for name, value in values.items() if getattr(image, name) != value]
+        if job is not None and image.job_id is None:
+            image.job = job
+            fields.append("job")
+        if fields:
+            for name in fields:
+                setattr(image, name, values.get(name, job))
+            image.save(update_fields=fields)
+            changed = True
     if created or image.image_layers.count() != len(record.layers):
         image.image_layers.all().delete()
         for position, info in enumerate(record.layers):
@@ -328,32 +362,47 @@ def sync_image(record: ImageRecord, job=None) -> Image:
                 defaults=dict(diff_id=info["diff_id"], digest=info.get("digest") or "", size=info.get("size") or 0),
             )
             ImageLayer.objects.create(image=image, layer=layer, position=position)
-    _sync_tags(image, record.repo_tags)
-    realtime.publish_on_commit(realtime.EVENTS_GROUP, {"type": "image.changed", "image": record.id})
+        changed = True
+    if _sync_tags(image, record.repo_tags) or changed:
+        realtime.publish_on_commit(realtime.EVENTS_GROUP, {"type": "image.changed", "image": record.id})
     return image
 
 
-def _sync_tags(image: Image, names: list[str]) -> None:
+def _sync_tags(image: Image, names: list[str]) -> bool:
+    """Point the tag rows ``names`` at ``image``, drop its other tags; True if any row changed."""
     node = settings.NODE_NAME
-    Tag.objects.filter(node=node, image=image).exclude(name__in=names).delete()
+    rows = {tag.name: tag for tag in Tag.objects.filter(node=node).filter(Q(image=image) | Q(name__in=names))}
+    changed = False
+    for name, tag in rows.items():
+        if tag.image_id == image.pk and name not in names:
+            tag.delete()
+            changed = True
     for name in names:
-        # A tag moves: the name may point at another image until now.
-        Tag.objects.update_or_create(node=node, name=name, defaults={"image": image})
+        tag = rows.get(name)
+        if tag is None:
+            Tag.objects.create(node=node, name=name, image=image)
+        elif tag.image_id != image.pk:
+            # A tag moves: the name pointed at another image until now.
+            tag.image = image
+            tag.save(update_fields=("image",))
+        else:
+            continue
+        changed = True
+    return changed
 
 
-def _image_states() -> dict[str, tuple]:
-    return {str(r.id): (tuple(r.repo_tags), tuple(r.repo_digests)) for r in get_engine().images.list()}
-
-
-@transaction.atomic
-def sync_changed_images(before: dict[str, tuple]) -> None:
-    """Sync the images that are new since ``before`` (``_image_states()``) or whose references changed.
-
-    For operations that only add and tag images (a build: its steps, a pulled base, the tags it
-    moved), instead of ``reconcile_images()``, whose cost grows with every image on the node.
-    """
-    for record in get_engine().images.list():
-        if before.get(str(record.id)) != (tuple(record.repo_tags), tuple(record.repo_digests)):
+def sync_images(image_ids) -> None:
+    """Sync the images with these ids that still exist (those a build added or tagged)."""
+    image_ids = list(image_ids)
+    if not image_ids:
+        return  # no transaction (a write lock) for nothing
+    images = get_engine().images
+    with transaction.atomic():
+        for image_id in image_ids:
+            try:
+                record = images.get(image_id)
+            except NotFound:
+                continue
             sync_image(record)
 
 

@@ -1,40 +1,45 @@
 """Celery tasks of the images app: thin shells that call services (Baserow's run_async_job).
 
-The tasks of jobs (pull, push, import, load, save, build) keep no Celery result: their outcome is
-the Job row, and nobody waits on their AsyncResult. Sending one that keeps a result costs the
-sender a result backend of its own (per thread: Daphne runs each request in a new one) and a
-subscription to the result's channel, about 3 ms of every ``docker build``.
+The tasks of jobs (pull, push, import, load, save, build) keep no Celery result and have no result
+backend: their outcome is the Job row, and nobody waits on their AsyncResult. With the app's Redis
+backend, sending one cost the sender that backend's construction (Celery keeps one per thread, and
+Daphne runs each request in a new thread) and a subscription to the result's channel: about 3 ms
+of every ``docker build``.
 """
 
 from celery import shared_task
+from celery.backends.base import DisabledBackend
 
 from project import nodes
+from project.celery import app as celery_app
 from project.engine import get_engine
 
 from . import services
 
+JOB_TASK = {"ignore_result": True, "backend": DisabledBackend(celery_app)}
 
-@shared_task(ignore_result=True)
+
+@shared_task(**JOB_TASK)
 def pull_image(job_id: int, credentials: list[str] | None = None) -> None:
     services.pull_image(job_id, credentials)
 
 
-@shared_task(ignore_result=True)
+@shared_task(**JOB_TASK)
 def push_image(job_id: int, credentials: list[str] | None = None) -> None:
     services.push_image(job_id, credentials)
 
 
-@shared_task(ignore_result=True)
+@shared_task(**JOB_TASK)
 def import_image(job_id: int) -> None:
     services.import_image(job_id)
 
 
-@shared_task(ignore_result=True)
+@shared_task(**JOB_TASK)
 def load_images(job_id: int) -> None:
     services.load_images(job_id)
 
 
-@shared_task(ignore_result=True)
+@shared_task(**JOB_TASK)
 def save_images(job_id: int) -> None:
     services.save_images(job_id)
 
@@ -79,7 +84,7 @@ def reconcile_images() -> dict:
     return services.reconcile_images()
 
 
-@shared_task(ignore_result=True)
+@shared_task(**JOB_TASK)
 def build_image(job_id: int) -> None:
     services.build_image(job_id)
 

@@ -83,5 +83,7 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
         if event.get("type") == "job.events":  # a batch of log lines (project/jobs.py): one frame each
             for line in event["events"]:
                 await self.send_json(line)
+            if event.get("state"):  # and the job's end after its last lines
+                await self.send_json(event["state"])
         else:
             await self.send_json(event)

@@ -6,13 +6,16 @@ succeeded, failed or cancelled when the block ends (Baserow's run_async_job, Net
 
 Events published to the ``job_<pk>`` and ``events`` groups:
 - ``{"type": "job.events", "job": pk, "events": [{"type": "job.event", "job": pk, "seq": n, ...message},
-  ...]}`` (the job's group only): log lines (each kept as a JobEvent), written in batches (one
-  ``bulk_create`` at most every ``EVENT_FLUSH_INTERVAL`` seconds, the last one in the same
-  transaction as the job's final state) and published once committed, one message per batch, in
-  seq order (a message per line cost the worker more than a cached build's own work);
+  ...], "state": {...}}`` (the job's group only): log lines (each kept as a JobEvent), written in
+  batches (one ``bulk_create`` at most every ``EVENT_FLUSH_INTERVAL`` seconds, the last one in the
+  same transaction as the job's final state) and published once committed, one message per batch,
+  in seq order (a message per line cost the worker more than a cached build's own work); the last
+  batch's message also carries the job's final ``job.state`` (``"state"``), so a reader of the
+  group gets a short job's whole log and its end in one message;
 - ``{"type": "job.progress", "job": pk, "id": ..., "current": c, "total": t, ...message}``: live only;
-- ``{"type": "job.state", "job": pk, "status": ..., "error": ...}``: a state change; the final one
-  also has ``"seq"``, the job's last log line (all of them committed with the state).
+- ``{"type": "job.state", "job": pk, "status": ..., "error": ...}``: a state change (the final one
+  in the job's group is inside the last ``job.events``); the final one also has ``"seq"``, the
+  job's last log line (all of them committed with the state).
 """
 
 from __future__ import annotations
@@ -57,9 +60,10 @@ def enqueue_job(task, kind: str, target: str, *, user=None, request=None, audit_
     from . import audit
     from .nodes import node_queue
 
-    job = create_job(kind, target, user, **params)
-    audit.record(request, audit_action, job, **(audit_detail or {}))
-    transaction.on_commit(lambda: task.apply_async((job.pk,), task_kwargs or {}, queue=node_queue()))
+    with transaction.atomic():  # the job and its audit record: one commit
+        job = create_job(kind, target, user, **params)
+        audit.record(request, audit_action, job, **(audit_detail or {}))
+        transaction.on_commit(lambda: task.apply_async((job.pk,), task_kwargs or {}, queue=node_queue()))
     return job
 
 
@@ -98,7 +102,8 @@ class JobRun:
     def __init__(self, job_id: int):
         self.job = Job.objects.get(pk=job_id)
         self._lock = threading.Lock()
-        self._seq = self.job.events.count()
+        # Only a job that already ran (a task delivered again) can have lines: JobRun writes them all.
+        self._seq = self.job.events.count() if self.job.status != JobStatusChoices.PENDING else 0
         self._written = self._seq  # the last seq in the database
         self._cancel_checked = 0.0
         self._cancelled = False
@@ -119,9 +124,13 @@ class JobRun:
     def __enter__(self) -> "JobRun":
         if self.skip:
             return self
+        started = timezone.now()
         claimed = Job.objects.filter(pk=self.job.pk, status=JobStatusChoices.PENDING).update(
-            status=JobStatusChoices.RUNNING, started_at=timezone.now())
-        self.job.refresh_from_db()
+            status=JobStatusChoices.RUNNING, started_at=started)
+        if claimed:
+            self.job.status, self.job.started_at = JobStatusChoices.RUNNING, started
+        else:
+            self.job.refresh_from_db()
         if claimed:
             _publish_state(self.job)
         return self
@@ -168,8 +177,10 @@ class JobRun:
                 with self._lock:
                     self._pending[:0] = batch
                 raise
-            self._publish_lines(batch)
-            _publish_state(self.job, seq=self._written)
+            # The job's group gets its last lines and its end in one message; the events group the end.
+            state = {**state_event(self.job), "seq": self._written}
+            self._publish_lines(batch, state=state)
+            realtime.publish(realtime.EVENTS_GROUP, state)
 
     def set_result(self, result: dict) -> None:
         """The job's result: written with its final state (``finish``), in the same commit."""
@@ -226,12 +237,15 @@ class JobRun:
                 [JobEvent(job_id=self.job.pk, seq=seq, time=when, data=message) for seq, when, message in batch])
             self._written = batch[-1][0]
 
-    def _publish_lines(self, batch: list[tuple[int, object, dict]]) -> None:
-        """Publish committed lines: one ``job.events`` message per batch, not one per line."""
-        if batch:
+    def _publish_lines(self, batch: list[tuple[int, object, dict]], state: dict | None = None) -> None:
+        """Publish committed lines: one ``job.events`` message per batch (with ``state``, the job's end)."""
+        if batch or state:
             pk = self.job.pk
-            realtime.publish(self.job.group_name, {"type": "job.events", "job": pk, "events": [
-                {"type": "job.event", "job": pk, "seq": seq, **message} for seq, _, message in batch]})
+            message = {"type": "job.events", "job": pk, "events": [
+                {"type": "job.event", "job": pk, "seq": seq, **line} for seq, _, line in batch]}
+            if state:
+                message["state"] = state
+            realtime.publish(self.job.group_name, message)
 
     def _flush_loop(self) -> None:
         """The writer thread: a batch ``EVENT_FLUSH_INTERVAL`` after its first line, until ``_close()``."""

@@ -2,12 +2,13 @@
 
 The stream joins the job's Channels group first, then replays the log already in the database,
 then follows live events: JobRun publishes each batch of log lines once it is committed, as one
-``job.events`` message, and its lines that come next in seq order are sent as they arrived; the
-job's final state names its last line (``seq``), committed with it, so a stream that has sent that
-line ends without reading the database again (a cached build: the one read when the stream
-starts). A gap in seq, or an end without that line, sends it back to the database; every few
-seconds it looks at the database too, so an event lost by the channel layer is still sent, and
-the stream ends when the job does.
+``job.events`` message, and its lines that come next in seq order are sent as they arrived (one
+write per message); the job's final state, in the message of its last batch, names its last line
+(``seq``), committed with it, so a stream that has sent that line ends without reading the
+database again (a cached build: one message, and the one read when the stream starts). A gap in
+seq, or an end without that line, sends it back to the database; every few seconds it looks at
+the database too, so an event lost by the channel layer is still sent, and the stream ends when
+the job does.
 """
 
 import asyncio
@@ -36,6 +37,13 @@ def _events_after(job_id: int, seq: int):
     job = Job.objects.get(pk=job_id)
     events = list(job.events.filter(seq__gt=seq).values_list("seq", "data"))
     return events, job.status, job.error
+
+
+def _unbatch(event: dict) -> list[dict]:
+    """The events in one published message: a ``job.events`` batch is its lines, then its ``state``."""
+    if event.get("type") != "job.events":
+        return [event]
+    return list(event.get("events") or []) + ([event["state"]] if event.get("state") else [])
 
 
 def _line(message: dict) -> bytes:
@@ -67,32 +75,33 @@ async def job_stream(job_id: int, *, cancel_on_disconnect: bool = True):
                 read = True
                 continue
             event = message.get("event", {})
-            kind = event.get("type")
-            read = False
-            if kind == "job.progress":
-                yield _line(docker_message(event))
-            elif kind in ("job.events", "job.event"):
-                chunk = []  # a batch goes out as one write, not one per line
-                for line in event.get("events") or [event]:
-                    seq = line.get("seq", 0)
+            read = ended = False
+            chunk = []  # what one message brings goes out as one write, not one per line
+            for item in _unbatch(event):
+                kind = item.get("type")
+                if kind == "job.progress":
+                    chunk.append(_line(docker_message(item)))
+                elif kind == "job.event":
+                    seq = item.get("seq", 0)
                     if seq == last_seq + 1:
                         last_seq = seq
-                        chunk.append(_line(docker_message(line)))
+                        chunk.append(_line(docker_message(item)))
                     elif seq > last_seq:
                         read = True  # a batch the channel layer lost: read them, in order
                         break
-                if chunk:
-                    yield b"".join(chunk)
-            elif kind == "job.state":
-                if event.get("status") in TERMINAL_JOB_STATES:
-                    if event.get("seq") == last_seq:
-                        # Its lines were committed with it and all of them are sent: the end.
-                        finished = True
-                        return
+                elif kind == "job.state":
+                    if item.get("status") in TERMINAL_JOB_STATES:
+                        # The end: its lines were committed with it; if all of them are sent, done.
+                        ended = item.get("seq") == last_seq
+                        read = not ended
+                    # "running" has nothing to read.
+                else:
                     read = True
-                # "running" has nothing to read.
-            else:
-                read = True
+            if chunk:
+                yield b"".join(chunk)
+            if ended:
+                finished = True
+                return
     except (asyncio.CancelledError, GeneratorExit):
         if cancel_on_disconnect and not finished:
             # The client went away (Ctrl-C on `docker pull`): stop the job as dockerd does.
@@ -102,7 +111,24 @@ async def job_stream(job_id: int, *, cancel_on_disconnect: bool = True):
             await database_sync_to_async(request_cancel)(job)
         raise
     finally:
-        await layer.group_discard(group, channel)
+        # Leaving the group is a Redis round trip: done in the background, so that the end of the
+        # answer goes out first (the docker CLI exits on it).
+        _in_background(layer.group_discard(group, channel))
+
+
+_BACKGROUND: set[asyncio.Task] = set()  # referenced until done (the loop keeps tasks only weakly)
+
+
+def _in_background(coro) -> None:
+    task = asyncio.ensure_future(coro)
+    _BACKGROUND.add(task)
+    task.add_done_callback(_background_done)
+
+
+def _background_done(task: asyncio.Task) -> None:
+    _BACKGROUND.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        logger.warning("leaving a job's group: %s", task.exception())
 
 
 def job_response(job, *, cancel_on_disconnect: bool = True):

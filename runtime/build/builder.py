@@ -184,10 +184,16 @@ class _State:
 def build(engine, context_tar: BinaryIO, *, dockerfile: str = "Dockerfile", tags: Iterable[str] = (),
           build_args: dict | None = None, target: str | None = None, no_cache: bool = False,
           pull: bool = False, labels: dict | None = None, progress: Progress | None = None,
-          cancelled: Callable[[], bool] | None = None, network_mode: str = "bridge") -> ImageRecord:
-    """Build the Dockerfile ``dockerfile`` of the context tar ``context_tar``; see the module doc."""
+          cancelled: Callable[[], bool] | None = None, network_mode: str = "bridge",
+          on_image: Callable[[str], None] | None = None) -> ImageRecord:
+    """Build the Dockerfile ``dockerfile`` of the context tar ``context_tar``; see the module doc.
+
+    ``on_image(image_id)`` is called for every image the build adds (its steps' images, a scratch
+    base, a pulled base) or tags, as it happens, also in a build that fails later: a caller keeping
+    records of images needs to look at these only (a fully cached build adds none).
+    """
     builder = _Builder(engine, progress=progress, cancelled=cancelled, no_cache=no_cache, pull=pull,
-                       network_mode=network_mode)
+                       network_mode=network_mode, on_image=on_image)
     try:
         return builder.run(context_tar, dockerfile=dockerfile, tags=list(tags), build_args=dict(build_args or {}),
                            target=target, labels=dict(labels or {}))
@@ -201,9 +207,10 @@ def build(engine, context_tar: BinaryIO, *, dockerfile: str = "Dockerfile", tags
 
 
 class _Builder:
-    def __init__(self, engine, *, progress, cancelled, no_cache, pull, network_mode):
+    def __init__(self, engine, *, progress, cancelled, no_cache, pull, network_mode, on_image=None):
         self.engine = engine
         self.progress = progress
+        self.on_image = on_image or (lambda image_id: None)
         self.cancelled = cancelled or (lambda: False)
         self.no_cache = no_cache
         self.pull = pull
@@ -260,6 +267,7 @@ class _Builder:
             self.say(f"Successfully built {image.short_id}\n")
             for ref in refs:
                 self.engine.images.tag(str(image.id), ref.familiar)
+                self.on_image(str(image.id))
                 self.say(f"Successfully tagged {ref.familiar}\n")
             return self.engine.images.get(str(image.id))
         finally:
@@ -341,7 +349,9 @@ class _Builder:
             except NotFound:
                 pass
         self.say(f"Pulling from {name}\n")
-        return self.engine.pull(name, progress=lambda event: None, cancelled=self.cancelled)
+        record = self.engine.pull(name, progress=lambda event: None, cancelled=self.cancelled)
+        self.on_image(str(record.id))
+        return record
 
     def _scratch_image(self) -> ImageRecord:
         os_name, arch, variant = host_platform()
@@ -349,7 +359,9 @@ class _Builder:
                   "rootfs": {"type": "layers", "diff_ids": []}, "history": []}
         if variant:
             config["variant"] = variant
-        return self.engine.images.add(_config_bytes(config), [], layer_descriptors=[])
+        record = self.engine.images.add(_config_bytes(config), [], layer_descriptors=[])
+        self.on_image(str(record.id))
+        return record
 
     def _env(self, state: _State) -> dict[str, str]:
         """The variables a step substitutes: the stage's ARGs, overridden by its ENV."""
@@ -810,11 +822,13 @@ class _Builder:
                 config["container"] = container_id
             if parent.variant:
                 config["variant"] = parent.variant
-            return engine.images.add(_config_bytes(config), layers, layer_descriptors=descriptors)
+            record = engine.images.add(_config_bytes(config), layers, layer_descriptors=descriptors)
         except BaseException:
             if new_chains or new_blobs:
                 engine.images._discard(new_chains, new_blobs)
             raise
+        self.on_image(str(record.id))
+        return record
 
 
 class _Writer:

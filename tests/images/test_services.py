@@ -61,3 +61,34 @@ def test_reconcile_drops_images_that_left_the_disk(db, engine):
     answer = services.reconcile_images()
     assert answer["removed"] == [record.id]
     assert not Image.objects.exists() and not Layer.objects.exists()
+
+
+def test_syncing_an_unchanged_image_again_writes_nothing(db, engine):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from project.models import Job
+
+    record = engine.images.import_tar(rootfs("a.txt", b"a"), reference="app:v1")
+    services.sync_image(record)
+    job = Job.objects.create(kind="build", target="app:v1")
+    with CaptureQueriesContext(connection) as first:
+        image = services.sync_image(record, job=job)
+    assert image.job == job  # the job that made it, set once
+    later = Job.objects.create(kind="build", target="app:v1")
+    with CaptureQueriesContext(connection) as again:
+        services.sync_image(engine.images.get(str(record.id)), job=later)
+    writes = [q["sql"] for q in again.captured_queries if q["sql"].split()[0] in ("INSERT", "UPDATE", "DELETE")]
+    assert writes == []
+    assert [q for q in first.captured_queries if q["sql"].startswith("UPDATE")]
+    assert Image.objects.get().job == job
+    assert [t.name for t in Tag.objects.all()] == ["app:v1"]
+
+
+def test_a_tag_dropped_on_the_disk_is_dropped_from_the_rows(db, engine):
+    record = engine.images.import_tar(rootfs("a.txt", b"a"), reference="app:v1")
+    engine.images.tag(str(record.id), "app:v2")
+    services.sync_image(engine.images.get(str(record.id)))
+    engine.images.untag("app:v1")
+    image = services.sync_image(engine.images.get(str(record.id)))
+    assert [t.name for t in image.tags.all()] == ["app:v2"]

@@ -29,10 +29,12 @@ def test_a_job_s_lines_are_one_message_per_batch_and_its_end_names_the_last(db, 
     assert job.status == "succeeded" and job.result == {"image": "sha256:x"}
     assert list(job.events.values_list("seq", "data")) == [(n + 1, {"stream": f"line {n}\n"}) for n in range(3)]
     in_group = [event for group, event in published if group == job.group_name]
-    assert [e["type"] for e in in_group] == ["job.state", "job.events", "job.state"]
+    assert [e["type"] for e in in_group] == ["job.state", "job.events"]  # running; the lines and the end
     assert [(e["seq"], e["stream"]) for e in in_group[1]["events"]] == [(n + 1, f"line {n}\n") for n in range(3)]
     assert all(e["type"] == "job.event" and e["job"] == job.pk for e in in_group[1]["events"])
-    assert in_group[2]["status"] == "succeeded" and in_group[2]["seq"] == 3
+    end = in_group[1]["state"]
+    assert end["type"] == "job.state" and end["status"] == "succeeded" and end["seq"] == 3
+    assert published[-1] == ("events", end)
 
 
 def test_a_failed_job_keeps_its_error_line_and_ends_with_it(db, published):
@@ -46,6 +48,7 @@ def test_a_failed_job_keeps_its_error_line_and_ends_with_it(db, published):
     assert [e.data for e in job.events.all()] == [
         {"stream": "Step 1/1 : RUN false\n"}, {"error": "bad step", "errorDetail": {"message": "bad step"}}]
     assert published[-1][1]["status"] == "failed" and published[-1][1]["seq"] == 2
+    assert [e["seq"] for e in published[-2][1]["events"]] == [1, 2]
 
 
 def _collect(job_id, feed):
@@ -96,6 +99,26 @@ def test_the_stream_sends_a_batch_and_ends_on_the_final_state_naming_its_last_li
 
 
 @pytest.mark.django_db(transaction=True)
+def test_the_stream_ends_on_a_last_batch_that_carries_the_end(memory_layer, monkeypatch):
+    job = Job.objects.create(kind="build", target="app", status="running")
+    reads = []
+    real = streams._events_after
+    monkeypatch.setattr(streams, "_events_after", lambda *a: reads.append(a) or real(*a))
+
+    async def feed(layer):
+        await _send(layer, job.pk, {"type": "job.state", "job": job.pk, "status": "running", "error": ""})
+        await _send(layer, job.pk, {"type": "job.events", "job": job.pk, "events": [
+            {"type": "job.event", "job": job.pk, "seq": 1, "stream": "a\n"}]})
+        await _send(layer, job.pk, {"type": "job.events", "job": job.pk, "events": [
+            {"type": "job.event", "job": job.pk, "seq": 2, "stream": "b\n"},
+            {"type": "job.event", "job": job.pk, "seq": 3, "stream": "c\n"}],
+            "state": {"type": "job.state", "job": job.pk, "status": "succeeded", "error": "", "seq": 3}})
+
+    assert _collect(job.pk, feed) == [{"stream": "a\n"}, {"stream": "b\n"}, {"stream": "c\n"}]
+    assert len(reads) == 1
+
+
+@pytest.mark.django_db(transaction=True)
 def test_the_stream_reads_the_database_after_a_lost_batch(memory_layer):
     job = Job.objects.create(kind="build", target="app", status="running")
 
@@ -112,3 +135,31 @@ def test_the_stream_reads_the_database_after_a_lost_batch(memory_layer):
             {"type": "job.event", "job": job.pk, "seq": 3, "stream": "3\n"}]})
 
     assert _collect(job.pk, feed) == [{"stream": "1\n"}, {"stream": "2\n"}, {"stream": "3\n"}]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_job_page_socket_gets_a_batch_line_by_line_then_the_end(memory_layer):
+    from channels.testing import WebsocketCommunicator
+    from django.contrib.auth.models import User
+
+    from project.consumers import JobConsumer
+
+    job = Job.objects.create(kind="build", target="app", status="running")
+    user = User.objects.create_user("viewer")
+
+    async def main():
+        communicator = WebsocketCommunicator(JobConsumer.as_asgi(), f"/ws/jobs/{job.pk}")
+        communicator.scope.update({"user": user, "url_route": {"kwargs": {"pk": job.pk}}})
+        connected, _ = await communicator.connect()
+        assert connected
+        state = {"type": "job.state", "job": job.pk, "status": "succeeded", "error": "", "seq": 2}
+        await _send(get_channel_layer(), job.pk, {"type": "job.events", "job": job.pk, "events": [
+            {"type": "job.event", "job": job.pk, "seq": 1, "stream": "a\n"},
+            {"type": "job.event", "job": job.pk, "seq": 2, "stream": "b\n"}], "state": state})
+        frames = [await communicator.receive_json_from(5) for _ in range(3)]
+        await communicator.disconnect()
+        return frames
+
+    frames = asyncio.run(main())
+    assert [f.get("seq") for f in frames] == [1, 2, 2] and frames[2]["status"] == "succeeded"
+    assert [f["type"] for f in frames] == ["job.event", "job.event", "job.state"]

@@ -178,6 +178,17 @@ def test_second_build_is_all_cached_and_one_changed_file_rebuilds_from_its_step(
     assert "Using cache" not in text(events)
 
 
+def test_on_image_names_the_images_a_build_adds_or_tags(engine, first):
+    files = {"Dockerfile": "FROM busybox\nENV STEP=one\nRUN echo two > /two\n"}
+    seen = []
+    image, _ = run_build(engine, files, tags=["seen:1"], on_image=seen.append)
+    assert len(seen) == 3 and len(set(seen)) == 2  # ENV's image, RUN's image, then RUN's tagged
+    assert seen[1:] == [str(image.id), str(image.id)]
+    again = []
+    cached, _ = run_build(engine, files, tags=["seen:1"], on_image=again.append)
+    assert cached.id == image.id and again == [str(image.id)]  # a cached build adds nothing, tags once
+
+
 def test_cache_survives_a_new_engine_object(engine, first):
     fresh = Engine(engine.config)
     _, events = run_build(fresh, dict(FILES), build_args={"GREETING": "bonjour"})
