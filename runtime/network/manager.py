@@ -982,6 +982,9 @@ class NetworkManager:
         that a container's start runs no CNI plugin but portmap (when it publishes ports); and run
         the releases that containers' exits queue (``release``), off their path. This process
         then holds the keeper lock, which tells every process on this root to queue its releases."""
+        if size <= 0:  # no pool: no keeper either (a held keeper lock with no keeper would strand releases)
+            self.stop_pool()
+            return
         self.pool_size = size
         self._refill_pool_async()
         with self._pool_lock:
