@@ -15,7 +15,9 @@
 4. The cache: ``<root>/build-cache/<key>.json`` maps a step key (parent image id + the step's
    created_by after substitution, which for COPY/ADD holds a digest of the names, modes, link
    targets and contents of the files read) to the image it made. A hit whose image still exists
-   is reused (`` ---> Using cache``).
+   is reused (`` ---> Using cache``). ``<root>/build-cache/contexts/`` keeps the last few unpacked
+   contexts by the sha256 of their tar (runtime.build.context.ContextCache): a rebuild of an
+   unchanged context reads them instead of unpacking the tar again.
 
 Progress is the classic builder's JSON stream (``{"stream": ...}``, ``{"aux": {"ID": ...}}``,
 ``{"error": ..., "errorDetail": ...}``), so the Docker API can forward it unchanged. A failure is
@@ -43,9 +45,11 @@ from runtime import archive, rootpath
 from runtime import spec as oci_spec
 from runtime.build.context import (
     BuildContext,
+    ContextCache,
     ContextError,
     extract_context,
     has_glob,
+    plain_tar_digest,
     read_dockerignore,
     tree_digest,
 )
@@ -138,6 +142,7 @@ def prune_cache(engine) -> dict:
     """``docker builder prune``: drop every cache record, and the untagged images they kept that no
     container uses. Answers ``{"CachesDeleted": [...], "SpaceReclaimed": bytes}``."""
     cache = BuildCache(engine.config.root)
+    ContextCache(os.path.join(cache.dir, "contexts")).clear()
     deleted, images = [], []
     for key, doc in cache.entries():
         with contextlib.suppress(FileNotFoundError):
@@ -225,6 +230,7 @@ class _Builder:
         self.build_args: dict = {}
         self.meta_args: dict[str, str | None] = {}
         self._mounts = 0
+        self._keep_context = False
 
     def emit(self, message: dict) -> None:
         if self.progress is not None:
@@ -250,28 +256,42 @@ class _Builder:
             refs.append(ref)
         self.build_args = build_args
         self.staging = self.engine.store.tmp_dir("build-")
+        contexts = ContextCache(os.path.join(self.cache.dir, "contexts"))
         try:
-            self.context = extract_context(context_tar, self.staging)
-            name = dockerfile or "Dockerfile"
-            try:
-                source = self.context.read_file(name, MAX_DOCKERFILE)
-            except ContextError:
-                raise InvalidArgument(f"Cannot locate specified Dockerfile: {name}") from None
-            self.df = parse(source, filename=posixpath.basename(name))
-            self.context.apply_ignore(read_dockerignore(self.context.root))
-            image = self._build_stages(target, labels)
-            unused = sorted(k for k in self.build_args if k not in self.used_args and k not in BUILTIN_ARGS)
-            if unused:
-                self.say(f"[Warning] One or more build-args [{' '.join(unused)}] were not consumed\n")
-            self.emit({"aux": {"ID": str(image.id)}})
-            self.say(f"Successfully built {image.short_id}\n")
-            for ref in refs:
-                self.engine.images.tag(str(image.id), ref.familiar)
-                self.on_image(str(image.id))
-                self.say(f"Successfully tagged {ref.familiar}\n")
-            return self.engine.images.get(str(image.id))
+            with contextlib.ExitStack() as stack:
+                # A context kept from an earlier build of the same tar is used as it is (read only).
+                digest = plain_tar_digest(context_tar)
+                kept = stack.enter_context(contexts.use(digest)) if digest else None
+                self.context = kept or extract_context(context_tar, self.staging)
+                image = self._build(dockerfile, target, labels, refs, kept is not None)
+            if digest and kept is None and self._keep_context:
+                contexts.keep(digest, self.context.root)
+            return image
         finally:
             shutil.rmtree(self.staging, ignore_errors=True)
+
+    def _build(self, dockerfile, target, labels, refs, kept: bool) -> ImageRecord:
+        """The build from its context on: the Dockerfile, .dockerignore, the stages, the tags."""
+        name = dockerfile or "Dockerfile"
+        try:
+            source = self.context.read_file(name, MAX_DOCKERFILE)
+        except ContextError:
+            raise InvalidArgument(f"Cannot locate specified Dockerfile: {name}") from None
+        self.df = parse(source, filename=posixpath.basename(name))
+        if not kept:  # a kept context is one .dockerignore removed nothing from
+            removed = self.context.apply_ignore(read_dockerignore(self.context.root))
+            self._keep_context = not removed
+        image = self._build_stages(target, labels)
+        unused = sorted(k for k in self.build_args if k not in self.used_args and k not in BUILTIN_ARGS)
+        if unused:
+            self.say(f"[Warning] One or more build-args [{' '.join(unused)}] were not consumed\n")
+        self.emit({"aux": {"ID": str(image.id)}})
+        self.say(f"Successfully built {image.short_id}\n")
+        for ref in refs:
+            self.engine.images.tag(str(image.id), ref.familiar)
+            self.on_image(str(image.id))
+            self.say(f"Successfully tagged {ref.familiar}\n")
+        return self.engine.images.get(str(image.id))
 
     def _build_stages(self, target: str | None, labels: dict) -> ImageRecord:
         df = self.df

@@ -9,17 +9,24 @@
   pattern that matches), and the ignored files are removed from the staging copy.
 - ``BuildContext.resolve`` finds a COPY source inside the context: ``..`` that climbs out, and a
   symlink that points out (an absolute target or one climbing above the root), are refused.
+- ``ContextCache`` keeps a few unpacked contexts by the sha256 of their tar, so that a rebuild of
+  an unchanged context (the usual cached rebuild) neither unpacks it again nor removes it after.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import hashlib
 import os
 import posixpath
 import re
+import secrets
+import shutil
 import stat
 import tarfile
+import time
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -27,7 +34,8 @@ from runtime import archive
 from runtime.errors import InvalidArgument, UnsafeArchive
 from runtime.images import _decompress_into
 
-__all__ = ["BuildContext", "ContextError", "IgnoreMatcher", "extract_context", "read_dockerignore"]
+__all__ = ["BuildContext", "ContextCache", "ContextError", "IgnoreMatcher", "extract_context", "plain_tar_digest",
+           "read_dockerignore"]
 
 # Contexts larger than this (decompressed) are refused.
 MAX_CONTEXT_SIZE = 8 * 1024 * 1024 * 1024
@@ -83,6 +91,139 @@ def _check_names(path: str) -> None:
                         raise UnsafeArchive(f"build context: {what} {name!r} has a '..' path component")
     except tarfile.TarError as exc:
         raise UnsafeArchive(f"build context: invalid tar stream: {exc}") from None
+
+
+#
+# Unpacked contexts kept for rebuilds
+#
+
+# A context tar larger than this is never kept; at most this many are.
+CONTEXT_CACHE_MAX_TAR = 16 * 1024 * 1024
+CONTEXT_CACHE_ENTRIES = 4
+_DIGEST_RE = re.compile(r"[0-9a-f]{64}")
+_COMPRESSED_MAGIC = (b"\x1f\x8b", b"\x28\xb5\x2f\xfd", b"\xfd7zXZ\x00", b"BZh")
+
+
+def plain_tar_digest(stream: BinaryIO, limit: int = CONTEXT_CACHE_MAX_TAR) -> str | None:
+    """The sha256 (hex) of the rest of ``stream`` when it is a regular file of at most ``limit``
+    bytes that is not compressed (what the docker CLI sends), read with ``pread`` (the stream's
+    position does not move); None otherwise: such a context is unpacked and never kept."""
+    try:
+        fd = stream.fileno()
+        start = stream.tell()
+    except (AttributeError, OSError, ValueError):
+        return None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or not 0 < st.st_size - start <= limit:
+        return None
+    data = os.pread(fd, st.st_size - start, start)
+    if len(data) != st.st_size - start or data.startswith(_COMPRESSED_MAGIC):
+        return None
+    return hashlib.sha256(data).hexdigest()
+
+
+class ContextCache:
+    """``<dir>/<sha256 of the context tar>/context``: unpacked contexts kept for the next build.
+
+    An entry is only ever read: a build uses it as its context (``use``) under a shared flock of
+    the entry's ``.lock``, and it is only kept (``keep``) when ``.dockerignore`` removed nothing from
+    it, so a build of the same tar would have unpacked exactly these files. Entries come in by a
+    rename of a complete directory; the least recently used go (renamed away under an exclusive
+    flock, so never one in use) beyond ``CONTEXT_CACHE_ENTRIES``.
+    """
+
+    def __init__(self, directory: str, entries: int = CONTEXT_CACHE_ENTRIES):
+        self.dir = directory
+        self.entries = entries
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+
+    def _entry(self, digest: str) -> str:
+        if not _DIGEST_RE.fullmatch(digest):
+            raise ValueError(f"not a sha256: {digest!r}")
+        return os.path.join(self.dir, digest)
+
+    @contextlib.contextmanager
+    def use(self, digest: str):
+        """Yield the kept context of the tar with this sha256 (a BuildContext), or None."""
+        entry = self._entry(digest)
+        try:
+            fd = os.open(os.path.join(entry, ".lock"), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            yield None
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            try:  # still the entry, not one renamed away for removal while we waited
+                same = os.stat(os.path.join(entry, ".lock")).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:
+                yield None
+                return
+            with contextlib.suppress(OSError):
+                os.utime(entry)  # recently used
+            yield BuildContext(os.path.join(entry, "context"))
+        finally:
+            os.close(fd)
+
+    def keep(self, digest: str, context_dir: str) -> bool:
+        """Move the unpacked ``context_dir`` in as the entry of ``digest``; False if there is one."""
+        entry = self._entry(digest)
+        if os.path.exists(entry):
+            return False
+        new = os.path.join(self.dir, f".new-{secrets.token_hex(8)}")
+        os.mkdir(new, 0o700)
+        try:
+            os.rename(context_dir, os.path.join(new, "context"))
+            os.close(os.open(os.path.join(new, ".lock"), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+            os.rename(new, entry)
+        except OSError:  # another build kept the same context first
+            shutil.rmtree(new, ignore_errors=True)
+            return False
+        self._evict(keep=digest)
+        return True
+
+    def _evict(self, keep: str) -> None:
+        entries = []
+        for name in os.listdir(self.dir):
+            path = os.path.join(self.dir, name)
+            if not _DIGEST_RE.fullmatch(name):
+                with contextlib.suppress(OSError):  # left by a crash (renamed away, or never renamed in)
+                    if os.stat(path).st_mtime < time.time() - 3600:
+                        shutil.rmtree(path, ignore_errors=True)
+                continue
+            with contextlib.suppress(OSError):
+                entries.append((os.stat(path).st_mtime, name))
+        entries.sort(reverse=True)
+        for _, name in entries[self.entries:]:
+            if name != keep:
+                self.remove(name)
+
+    def remove(self, digest: str) -> bool:
+        """Remove one entry unless a build uses it; True if it went."""
+        entry = self._entry(digest)
+        try:
+            fd = os.open(os.path.join(entry, ".lock"), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            old = os.path.join(self.dir, f".old-{secrets.token_hex(8)}")
+            try:
+                os.rename(entry, old)
+            except OSError:
+                return False
+            shutil.rmtree(old, ignore_errors=True)
+            return True
+        finally:
+            os.close(fd)
+
+    def clear(self) -> list[str]:
+        """Remove every entry no build uses (``docker builder prune``); return their digests."""
+        return [name for name in sorted(os.listdir(self.dir)) if _DIGEST_RE.fullmatch(name) and self.remove(name)]
 
 
 #

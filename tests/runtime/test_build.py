@@ -4,6 +4,7 @@ One engine root per module under /tmp (conmon's socket paths must stay short). T
 own unit tests in tests/runtime/test_dockerfile.py.
 """
 
+import hashlib
 import io
 import os
 import tarfile
@@ -189,6 +190,38 @@ def test_on_image_names_the_images_a_build_adds_or_tags(engine, first):
     assert cached.id == image.id and again == [str(image.id)]  # a cached build adds nothing, tags once
 
 
+def build_from_file(engine, tmp_path, files, **options):
+    """A build whose context is a file, as the worker reads it (kept contexts need one)."""
+    path = tmp_path / "context.tar"
+    path.write_bytes(context(files).getvalue())
+    events = []
+    with open(path, "rb") as f:
+        image = build(engine, f, progress=events.append, **options)
+    return image, events, hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_rebuild_of_the_same_context_uses_the_kept_one_and_a_change_still_rebuilds(engine, tmp_path):
+    kept_dir = os.path.join(engine.config.root, "build-cache", "contexts")
+    files = {"Dockerfile": "FROM busybox\nCOPY app/ /app/\nCMD [\"cat\", \"/app/a.txt\"]\n",
+             "app/a.txt": "kept v1\n", "app/b.txt": "b\n"}
+    image, _, digest = build_from_file(engine, tmp_path, files)
+    assert digest in os.listdir(kept_dir)
+    assert sorted(os.listdir(os.path.join(kept_dir, digest, "context", "app"))) == ["a.txt", "b.txt"]
+    again, events, _ = build_from_file(engine, tmp_path, files)
+    assert again.id == image.id and text(events).count("Using cache") == 2
+    changed, events, other = build_from_file(engine, tmp_path, dict(files, **{"app/a.txt": "kept v2\n"}))
+    assert changed.id != image.id and "Using cache" not in text(events)
+    assert run_image(engine, changed.id) == (0, "kept v2\n")
+    assert {digest, other} <= set(os.listdir(kept_dir))
+    assert set(os.listdir(os.path.join(kept_dir, digest, "context", "app"))) == {"a.txt", "b.txt"}  # as it was
+
+
+def test_a_context_that_dockerignore_shrinks_is_not_kept(engine, tmp_path):
+    files = {"Dockerfile": "FROM busybox\nCOPY . /ctx/\n", ".dockerignore": "*.log\n", "x.log": "noise", "y": "y"}
+    _, _, digest = build_from_file(engine, tmp_path, files)
+    assert digest not in os.listdir(os.path.join(engine.config.root, "build-cache", "contexts"))
+
+
 def test_cache_survives_a_new_engine_object(engine, first):
     fresh = Engine(engine.config)
     _, events = run_build(fresh, dict(FILES), build_args={"GREETING": "bonjour"})
@@ -320,6 +353,7 @@ COPY --from=base /script /script
 def test_prune_cache_forgets_steps(engine, first):
     answer = prune_cache(engine)
     assert answer["CachesDeleted"]
+    assert os.listdir(os.path.join(engine.config.root, "build-cache", "contexts")) == []  # kept contexts too
     assert answer["SpaceReclaimed"] >= 0
     _, events = run_build(engine, {"Dockerfile": "FROM busybox\nENV A=1\n"})
     assert "Using cache" not in text(events)
