@@ -13,7 +13,7 @@ import tempfile
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Count, Q
 
 from project import audit, nodes, realtime
 from project.choices import JobKindChoices
@@ -321,7 +321,7 @@ def sync_image(record: ImageRecord, job=None) -> Image:
     values = dict(node=settings.NODE_NAME, size=record.size, created=_parse_time(record.created),
                   architecture=record.architecture, os=record.os, config=record.config,
                   repo_digests=record.repo_digests)
-    image = Image.objects.filter(digest=record.id).first()
+    image = Image.objects.filter(digest=record.id).annotate(layer_count=Count("image_layers")).first()
     if image is not None and _rows_match(image, values, record, job):
         return image
     return _sync_image(record, values, job)
@@ -332,7 +332,7 @@ def _rows_match(image: Image, values: dict, record: ImageRecord, job) -> bool:
         return False
     if any(getattr(image, name) != value for name, value in values.items()):
         return False
-    if image.image_layers.count() != len(record.layers):
+    if image.layer_count != len(record.layers):
         return False
     rows = Tag.objects.filter(node=settings.NODE_NAME).filter(Q(image=image) | Q(name__in=record.repo_tags))
     return set(rows.values_list("name", "image_id")) == {(name, image.pk) for name in record.repo_tags}

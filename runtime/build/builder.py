@@ -287,11 +287,12 @@ class _Builder:
             self.say(f"[Warning] One or more build-args [{' '.join(unused)}] were not consumed\n")
         self.emit({"aux": {"ID": str(image.id)}})
         self.say(f"Successfully built {image.short_id}\n")
+        record = None
         for ref in refs:
-            self.engine.images.tag(str(image.id), ref.familiar)
+            record = self.engine.images.tag(str(image.id), ref.familiar)  # the image with its tags now
             self.on_image(str(image.id))
             self.say(f"Successfully tagged {ref.familiar}\n")
-        return self.engine.images.get(str(image.id))
+        return record or self.engine.images.get(str(image.id))
 
     def _build_stages(self, target: str | None, labels: dict) -> ImageRecord:
         df = self.df
