@@ -515,6 +515,40 @@ def test_the_keeper_runs_queued_releases_in_the_background(store, net, ctr):
     assert net._pending() == [] and not os.path.exists(f"/sys/class/net/{veth}")
 
 
+def test_a_child_forked_from_the_keeping_process_keeps_nothing_and_queues(net):
+    net.start_pool(1)
+    try:
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # a Celery pool process, forked from the worker's main process
+            code = 1
+            try:
+                os.close(read_end)
+                answer = f"{net._keeper_fd} {net.pool_size} {net._pool_keeper} {net._keeper_alive()}"
+                os.write(write_end, answer.encode())
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as f:
+            answer = f.read().decode()
+        assert os.waitpid(pid, 0)[1] == 0
+        # No lock and no pool of its own, and it sees the parent's keeper: it queues its releases.
+        assert answer == "-1 0 None True"
+        # The child's exit (its copy of the fd closed) did not drop the parent's lock.
+        import fcntl
+
+        probe = os.open(os.path.join(net.release_dir, ".keeper"), os.O_RDONLY)
+        try:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(probe)
+    finally:
+        net.stop_pool()
+    assert not net._keeper_alive()
+
+
 #
 # The loopback guard (notes/cni.md §3.5)
 #
