@@ -122,6 +122,9 @@ def _berth_leftovers(berth: Engine) -> list[str]:
     left = [f"berth netns {e}" for e in os.listdir(netns_dir)] if os.path.isdir(netns_dir) else []
     pool_dir = os.path.join(berth.side.runtime_root, "networks", "pool")
     left += [f"berth pool entry {e}" for e in os.listdir(pool_dir)] if os.path.isdir(pool_dir) else []
+    releasing = os.path.join(berth.side.runtime_root, "networks", "releasing")
+    left += [f"berth queued release {e}" for e in os.listdir(releasing)
+             if e.endswith(".json")] if os.path.isdir(releasing) else []
     return left
 
 
