@@ -7,6 +7,7 @@ reads (inspect, logs, top, stats, diff, files) call the engine's read-only funct
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import io
 import logging
@@ -140,11 +141,27 @@ def restart_on_worker_start(container: Container) -> bool:
     return False
 
 
-def exited_already(container: Container) -> None:
-    """A container that ended before its start was even recorded never looks active to the
-    watcher: handle its exit here (restart policy, --rm)."""
-    if container.state == ContainerStateChoices.EXITED and not container.stopped_by_user:
-        handle_exit(container.container_id)
+def after_start(container_id: str) -> Container | None:
+    """Record a start's outcome (start, restart, unpause, a policy's restart, run -d).
+
+    A process that ended before its start was even recorded never looks active to the exit
+    watcher: its exit is handled here. One that ends while its row is being written may wake the
+    watcher before the row says running, and the watcher leaves it: so once the row says running,
+    look once more. Both this and the watcher may then see the same exit: ``handle_exit`` lets
+    only one of them act on it. None when the container is gone meanwhile (--rm).
+    """
+    engine = engine_containers()
+    try:
+        record = engine.get(container_id)
+        if not record.running:
+            return handle_exit(container_id)
+        container = sync_container(record)
+        if not engine.get(container_id).running:
+            return handle_exit(container_id)
+    except NotFound:
+        forget_container(container_id)
+        return None
+    return container
 
 
 RESTART_BACKOFF_FIRST = 0.1
@@ -156,20 +173,46 @@ def restart_delay(restart_count: int) -> float:
     return min(RESTART_BACKOFF_FIRST * (2 ** restart_count), RESTART_BACKOFF_MAX)
 
 
-def handle_exit(container_id: str) -> None:
-    """Called when a container's exit is seen: record it, then schedule a restart or auto-remove."""
+def handle_exit(container_id: str) -> Container | None:
+    """Called when a container's exit is seen: record it, then schedule a restart or auto-remove.
+
+    Whoever saw the exit (the exit watcher, the start that saw the process end) may call this for
+    the same exit: only the caller whose update turns the row to that exit acts on it. Returns
+    the row, or None when the container is gone (--rm).
+    """
     from . import tasks
 
     engine = engine_containers()
-    container = sync_container(engine.sync(container_id))
-    if container.state != ContainerStateChoices.EXITED:
-        return
+    try:
+        record = engine.sync(container_id)
+    except NotFound:  # removed meanwhile (by the other one who saw it end, with --rm)
+        forget_container(container_id)
+        return None
+    if getattr(record.state, "value", record.state) != ContainerStateChoices.EXITED:
+        return sync_container(record)
+    if not _claim_exit(record):
+        return Container.objects.filter(container_id=container_id).first()
+    container = sync_container(record)
     if should_restart(container):
         tasks.restart_by_policy.apply_async((container_id,), countdown=restart_delay(container.restart_count),
                                             queue=nodes.node_queue())
     elif container.config.get("auto_remove"):
-        engine.remove(container_id, force=True)
+        with contextlib.suppress(NotFound):
+            engine.remove(container_id, force=True)
         forget_container(container_id)
+        return None
+    return container
+
+
+def _claim_exit(record) -> bool:
+    """True for the one caller that records this exit (the row's state and finish time) first;
+    a container without a row yet is claimed by whoever writes it."""
+    finished = _time(record.finished_at)
+    rows = Container.objects.filter(container_id=record.id)
+    if not rows.exists():
+        return True
+    return bool(rows.exclude(state=ContainerStateChoices.EXITED, finished_at=finished).update(
+        state=ContainerStateChoices.EXITED, finished_at=finished))
 
 
 def do_restart_by_policy(container_id: str) -> None:
@@ -180,7 +223,7 @@ def do_restart_by_policy(container_id: str) -> None:
         return
     record = engine.restart_by_policy(container_id)
     Container.objects.filter(pk=container.pk).update(restart_count=record.restart_count)
-    exited_already(sync_container(engine.get(container_id)))
+    after_start(container_id)
 
 
 #
@@ -192,16 +235,14 @@ def do_create(config: dict, user_id: int | None = None, start: bool = False) -> 
 
     engine = engine_containers()
     record = engine.create(ContainerConfig.from_json(config))
-    if start:
-        try:
-            record = engine.start(record.id)
-        finally:
-            container = sync_container(engine.get(record.id))
-        exited_already(container)
-    else:
-        container = sync_container(record)
+    container = sync_container(record)
     if user_id:
         Container.objects.filter(pk=container.pk).update(user_id=user_id)
+    if start:
+        try:
+            engine.start(record.id)
+        finally:
+            after_start(record.id)
     return record.id
 
 
@@ -224,9 +265,14 @@ def do_action(container_id: str, action: str, **kwargs):
         forget_container(container_id)
         return None
     getattr(engine, action)(container_id, **kwargs)
-    container = sync_container(engine.get(container_id))
     if action in ("start", "restart", "unpause"):
-        exited_already(container)
+        after_start(container_id)
+        return None
+    record = engine.get(container_id)
+    if getattr(record.state, "value", record.state) == ContainerStateChoices.EXITED:
+        handle_exit(container_id)  # stop, kill: the exit is recorded once, --rm applies
+    else:
+        sync_container(record)
     return None
 
 

@@ -114,8 +114,12 @@ ASGI_APPLICATION = "project.asgi.application"
 WSGI_APPLICATION = None
 
 # SQLite under DATA_DIR by default; DATABASE_URL (postgres://...) switches database.
+# Connections are kept (a minute, checked before reuse): every API request and worker task would
+# otherwise open its own, with SQLite's two PRAGMAs, about a millisecond each time.
+DB_CONN_MAX_AGE = int(os.getenv("BERTH_DB_CONN_MAX_AGE", "60"))
 if os.getenv("DATABASE_URL"):
-    DATABASES = {"default": dj_database_url.parse(os.environ["DATABASE_URL"], conn_max_age=60)}
+    DATABASES = {"default": dj_database_url.parse(os.environ["DATABASE_URL"], conn_max_age=DB_CONN_MAX_AGE,
+                                                  conn_health_checks=True)}
 else:
     DATABASES = {
         "default": {
@@ -127,6 +131,8 @@ else:
                 "transaction_mode": "IMMEDIATE",
                 "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
             },
+            "CONN_MAX_AGE": DB_CONN_MAX_AGE,
+            "CONN_HEALTH_CHECKS": True,
         }
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
