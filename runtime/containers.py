@@ -731,7 +731,7 @@ class ContainerStore:
     def _release(self, record: ContainerRecord) -> None:
         """Undo what a run set up (each step tolerates having been done already)."""
         errors = []
-        if self.runc.exists(record.id):
+        if self.runc.exists(record.id) and not self._drop_ended_runc_state(record):
             try:
                 self.runc.delete(record.id, force=True)
             except CommandError as exc:
@@ -750,6 +750,26 @@ class ContainerStore:
         cgroups.remove_dirs(self._cgroup_path(record.id), parents=False)
         if errors:
             record.error = "; ".join(filter(None, [record.error, *errors]))
+
+    def _drop_ended_runc_state(self, record: ContainerRecord) -> bool:
+        """``runc delete`` of a container whose processes are all gone, without running runc
+        (about 6 ms, on the path of every ``docker run --rm``): remove its cgroups, then runc's
+        state dir. The container always has its own pid namespace, so once its first process is
+        gone (reaped by conmon) so is every other. False, with nothing removed but empty cgroups,
+        when that process may live or a cgroup is not empty: then runc deletes it, forcibly."""
+        if not record.pid or record.pid_start is None:
+            return False
+        if process_start_time(record.pid) == record.pid_start:
+            return False  # still there (a created container's init waits for its start)
+        for leaf in cgroups.CgroupPaths(self._cgroup_path(record.id)).hierarchies():
+            try:
+                os.rmdir(leaf)
+            except FileNotFoundError:
+                continue
+            except OSError:
+                return False  # a process is left in it
+        shutil.rmtree(os.path.join(self.runc.root, record.id), ignore_errors=True)
+        return not self.runc.exists(record.id)
 
     def reconcile(self) -> list[ContainerRecord]:
         """Sync every container (at worker start, or periodically); return the records.

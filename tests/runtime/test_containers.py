@@ -225,6 +225,10 @@ def test_restart_gives_a_new_process(store, ctr):
 def test_an_exited_container_starts_again_and_appends_to_its_log(store, ctr):
     record = ctr("echo", "again")
     store.wait(record.id, timeout=10)
+    # The ended run left nothing of runc's: its state and cgroups went without a runc delete.
+    cgroup_dirs = [f"/sys/fs/cgroup/{c}/berth/{record.id}" for c in os.listdir("/sys/fs/cgroup")]
+    assert not any(os.path.exists(d) for d in cgroup_dirs)
+    assert not store.runc.exists(record.id) and store.runc.list() == []
     store.start(record.id)
     store.wait(record.id, timeout=10)
     assert output(store, record.id) == b"again\nagain\n"
