@@ -719,6 +719,11 @@ class ContainerStore:
             error = ""
             with contextlib.suppress(OSError):
                 finished_ns = os.stat(self._exit_file(record.id)).st_mtime_ns
+            # File times come from the kernel's coarse clock (a tick behind): a process that ends
+            # within a tick of its start would seem to finish before it started.
+            if record.started_at and record.started_at != ZERO_TIME:
+                with contextlib.suppress(ValueError):
+                    finished_ns = max(finished_ns, parse_time_ns(record.started_at))
         record.exit_code = 128 + signals.SIGKILL if code == -1 else code  # -1: conmon's --timeout kill
         record.oom_killed = os.path.exists(os.path.join(self._persist_dir(record.id), "oom"))
         record.error = error
