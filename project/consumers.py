@@ -80,10 +80,8 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
 
     async def event_message(self, message):
         event = message["event"]
-        if event.get("type") == "job.events":  # a batch of log lines (project/jobs.py): one frame each
-            for line in event["events"]:
-                await self.send_json(line)
-            if event.get("state"):  # and the job's end after its last lines
-                await self.send_json(event["state"])
+        if event.get("type") == "job.events":  # a batch of the job's events (project/jobs.py): a frame each
+            for item in event["events"]:
+                await self.send_json(item)
         else:
             await self.send_json(event)

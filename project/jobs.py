@@ -5,16 +5,17 @@ records every event (progress ones only live, and as the job's latest progress),
 succeeded, failed or cancelled when the block ends (Baserow's run_async_job, NetBox's JobRunner).
 
 Events published to the ``job_<pk>`` and ``events`` groups:
-- ``{"type": "job.events", "job": pk, "events": [{"type": "job.event", "job": pk, "seq": n, ...message},
-  ...], "state": {...}}`` (the job's group only): log lines (each kept as a JobEvent), written in
-  batches (one ``bulk_create`` at most every ``EVENT_FLUSH_INTERVAL`` seconds, the last one in the
-  same transaction as the job's final state) and published once committed, one message per batch,
-  in seq order (a message per line cost the worker more than a cached build's own work); the last
-  batch's message also carries the job's final ``job.state`` (``"state"``), so a reader of the
-  group gets a short job's whole log and its end in one message;
+- ``{"type": "job.events", "job": pk, "events": [...]}`` (the job's group only): a batch of the
+  job's events in order: its log lines, ``{"type": "job.event", "job": pk, "seq": n, ...message}``
+  (each kept as a JobEvent), and its state changes (below). Lines are written in batches (one
+  ``bulk_create`` at most every ``EVENT_FLUSH_INTERVAL`` seconds, the last one in the same
+  transaction as the job's final state) and published once committed, one message per batch
+  (a group message per line cost the worker more than a cached build's own work). The job's group
+  hears that it runs with the first batch, and of its end in the last one: a short job (a cached
+  build) is one message there;
 - ``{"type": "job.progress", "job": pk, "id": ..., "current": c, "total": t, ...message}``: live only;
-- ``{"type": "job.state", "job": pk, "status": ..., "error": ...}``: a state change (the final one
-  in the job's group is inside the last ``job.events``); the final one also has ``"seq"``, the
+- ``{"type": "job.state", "job": pk, "status": ..., "error": ...}``: a state change, to the events
+  group as it happens (and in a batch to the job's group); the final one also has ``"seq"``, the
   job's last log line (all of them committed with the state).
 """
 
@@ -90,8 +91,8 @@ def request_cancel(job: Job) -> bool:
     return bool(updated)
 
 
-def _publish_state(job: Job, **extra) -> None:
-    event = {**state_event(job), **extra}
+def _publish_state(job: Job) -> None:
+    event = state_event(job)
     realtime.publish(job.group_name, event)
     realtime.publish(realtime.EVENTS_GROUP, event)
 
@@ -111,6 +112,8 @@ class JobRun:
         self._error_emitted = False
         # Log lines not written yet, (seq, time, message); a thread writes them in batches.
         self._pending: list[tuple[int, object, dict]] = []
+        # State changes not yet sent to the job's group (they go with the next batch).
+        self._states: list[dict] = []
         self._wake = threading.Condition(self._lock)
         self._flush_lock = threading.Lock()  # one batch written and published at a time, in order
         self._flusher: threading.Thread | None = None
@@ -132,7 +135,13 @@ class JobRun:
         else:
             self.job.refresh_from_db()
         if claimed:
-            _publish_state(self.job)
+            # Pages of all jobs hear of it now; the job's own group with its first batch of lines
+            # (EVENT_FLUSH_INTERVAL at most), which saves a group message per job (~1 ms of worker CPU).
+            state = state_event(self.job)
+            realtime.publish(realtime.EVENTS_GROUP, state)
+            with self._lock:
+                self._states.append(state)
+                self._wake_writer()
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
@@ -169,6 +178,7 @@ class JobRun:
         with self._flush_lock:
             with self._lock:
                 batch, self._pending = self._pending, []
+                states, self._states = self._states, []
             try:
                 with transaction.atomic():
                     self._insert(batch)
@@ -176,10 +186,11 @@ class JobRun:
             except BaseException:
                 with self._lock:
                     self._pending[:0] = batch
+                    self._states[:0] = states
                 raise
             # The job's group gets its last lines and its end in one message; the events group the end.
             state = {**state_event(self.job), "seq": self._written}
-            self._publish_lines(batch, state=state)
+            self._publish_batch(states, batch, end=state)
             realtime.publish(realtime.EVENTS_GROUP, state)
 
     def set_result(self, result: dict) -> None:
@@ -207,29 +218,34 @@ class JobRun:
         with self._lock:
             self._seq += 1
             self._pending.append((self._seq, timezone.now(), dict(message)))
-            if self._closing:
-                pass  # _close() writes it
-            elif self._flusher is None:
-                self._flusher = threading.Thread(target=self._flush_loop, daemon=True,
-                                                 name=f"job-{self.job.pk}-events")
-                self._flusher.start()
-            elif len(self._pending) == 1:
-                self._wake.notify()
+            self._wake_writer()
         if self._closing:
             self.flush()
+
+    def _wake_writer(self) -> None:
+        """With the lock held: make sure the writer thread will send what is pending."""
+        if self._closing:
+            pass  # _close() writes it
+        elif self._flusher is None:
+            self._flusher = threading.Thread(target=self._flush_loop, daemon=True, name=f"job-{self.job.pk}-events")
+            self._flusher.start()
+        else:
+            self._wake.notify()
 
     def flush(self) -> None:
         """Write the pending log lines in one statement, then publish them (in seq order)."""
         with self._flush_lock:
             with self._lock:
                 batch, self._pending = self._pending, []
+                states, self._states = self._states, []
             try:
                 self._insert(batch)
             except BaseException:
                 with self._lock:  # keep them for the next try (the final one raises)
                     self._pending[:0] = batch
+                    self._states[:0] = states
                 raise
-            self._publish_lines(batch)
+            self._publish_batch(states, batch)
 
     def _insert(self, batch: list[tuple[int, object, dict]]) -> None:
         if batch:
@@ -237,22 +253,23 @@ class JobRun:
                 [JobEvent(job_id=self.job.pk, seq=seq, time=when, data=message) for seq, when, message in batch])
             self._written = batch[-1][0]
 
-    def _publish_lines(self, batch: list[tuple[int, object, dict]], state: dict | None = None) -> None:
-        """Publish committed lines: one ``job.events`` message per batch (with ``state``, the job's end)."""
-        if batch or state:
-            pk = self.job.pk
-            message = {"type": "job.events", "job": pk, "events": [
-                {"type": "job.event", "job": pk, "seq": seq, **line} for seq, _, line in batch]}
-            if state:
-                message["state"] = state
-            realtime.publish(self.job.group_name, message)
+    def _publish_batch(self, states: list[dict], batch: list[tuple[int, object, dict]],
+                       end: dict | None = None) -> None:
+        """Send the job's group one ``job.events`` message: the pending states, the committed lines
+        of ``batch``, then ``end`` (the job's final state), in that order."""
+        pk = self.job.pk
+        events = states + [{"type": "job.event", "job": pk, "seq": seq, **line} for seq, _, line in batch]
+        if end is not None:
+            events.append(end)
+        if events:
+            realtime.publish(self.job.group_name, {"type": "job.events", "job": pk, "events": events})
 
     def _flush_loop(self) -> None:
         """The writer thread: a batch ``EVENT_FLUSH_INTERVAL`` after its first line, until ``_close()``."""
         try:
             while True:
                 with self._lock:
-                    while not self._pending and not self._closing:
+                    while not (self._pending or self._states) and not self._closing:
                         self._wake.wait()
                     if self._closing:
                         return
@@ -283,6 +300,10 @@ class JobRun:
         key = message.get("id") or "-"
         event = {"type": "job.progress", "job": self.job.pk, "current": detail.get("current", 0),
                  "total": detail["total"], **message}
+        with self._lock:
+            states, self._states = self._states, []
+        if states:  # the job's group hears that it runs before its progress
+            realtime.publish(self.job.group_name, {"type": "job.events", "job": self.job.pk, "events": states})
         realtime.publish(self.job.group_name, event)
         realtime.publish(realtime.EVENTS_GROUP, event)
         with self._lock:

@@ -40,10 +40,10 @@ def _events_after(job_id: int, seq: int):
 
 
 def _unbatch(event: dict) -> list[dict]:
-    """The events in one published message: a ``job.events`` batch is its lines, then its ``state``."""
+    """The events in one published message (a ``job.events`` batch holds several, in order)."""
     if event.get("type") != "job.events":
         return [event]
-    return list(event.get("events") or []) + ([event["state"]] if event.get("state") else [])
+    return list(event.get("events") or [])
 
 
 def _line(message: dict) -> bytes:

@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import time
 
 import pytest
 from channels.layers import get_channel_layer
@@ -29,12 +30,13 @@ def test_a_job_s_lines_are_one_message_per_batch_and_its_end_names_the_last(db, 
     assert job.status == "succeeded" and job.result == {"image": "sha256:x"}
     assert list(job.events.values_list("seq", "data")) == [(n + 1, {"stream": f"line {n}\n"}) for n in range(3)]
     in_group = [event for group, event in published if group == job.group_name]
-    assert [e["type"] for e in in_group] == ["job.state", "job.events"]  # running; the lines and the end
-    assert [(e["seq"], e["stream"]) for e in in_group[1]["events"]] == [(n + 1, f"line {n}\n") for n in range(3)]
-    assert all(e["type"] == "job.event" and e["job"] == job.pk for e in in_group[1]["events"])
-    end = in_group[1]["state"]
+    assert [e["type"] for e in in_group] == ["job.events"]  # a short job: one message, all in order
+    running, *lines, end = in_group[0]["events"]
+    assert running["type"] == "job.state" and running["status"] == "running"
+    assert [(e["seq"], e["stream"]) for e in lines] == [(n + 1, f"line {n}\n") for n in range(3)]
+    assert all(e["type"] == "job.event" and e["job"] == job.pk for e in lines)
     assert end["type"] == "job.state" and end["status"] == "succeeded" and end["seq"] == 3
-    assert published[-1] == ("events", end)
+    assert [(g, e["status"]) for g, e in published if g == "events"] == [("events", "running"), ("events", "succeeded")]
 
 
 def test_a_failed_job_keeps_its_error_line_and_ends_with_it(db, published):
@@ -48,7 +50,24 @@ def test_a_failed_job_keeps_its_error_line_and_ends_with_it(db, published):
     assert [e.data for e in job.events.all()] == [
         {"stream": "Step 1/1 : RUN false\n"}, {"error": "bad step", "errorDetail": {"message": "bad step"}}]
     assert published[-1][1]["status"] == "failed" and published[-1][1]["seq"] == 2
-    assert [e["seq"] for e in published[-2][1]["events"]] == [1, 2]
+    assert [e.get("seq") for e in published[-2][1]["events"]] == [None, 1, 2, 2]  # running, 2 lines, the end
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_longer_job_s_group_hears_it_runs_with_its_first_batch(published, monkeypatch):
+    monkeypatch.setattr(jobs, "EVENT_FLUSH_INTERVAL", 0.01)
+    job = Job.objects.create(kind="build", target="app")
+    with jobs.JobRun(job.pk) as run:
+        run.emit({"stream": "first\n"})
+        for _ in range(200):  # the writer thread sends the first batch on its own
+            if any(g == job.group_name for g, _ in published):
+                break
+            time.sleep(0.01)
+        first = [e for g, e in published if g == job.group_name]
+        assert [i.get("status") or i.get("stream") for i in first[0]["events"]] == ["running", "first\n"]
+        run.emit({"stream": "second\n"})
+    batches = [e["events"] for g, e in published if g == job.group_name]
+    assert [[i.get("status") or i.get("stream") for i in b] for b in batches[1:]] == [["second\n", "succeeded"]]
 
 
 def _collect(job_id, feed):
@@ -111,8 +130,8 @@ def test_the_stream_ends_on_a_last_batch_that_carries_the_end(memory_layer, monk
             {"type": "job.event", "job": job.pk, "seq": 1, "stream": "a\n"}]})
         await _send(layer, job.pk, {"type": "job.events", "job": job.pk, "events": [
             {"type": "job.event", "job": job.pk, "seq": 2, "stream": "b\n"},
-            {"type": "job.event", "job": job.pk, "seq": 3, "stream": "c\n"}],
-            "state": {"type": "job.state", "job": job.pk, "status": "succeeded", "error": "", "seq": 3}})
+            {"type": "job.event", "job": job.pk, "seq": 3, "stream": "c\n"},
+            {"type": "job.state", "job": job.pk, "status": "succeeded", "error": "", "seq": 3}]})
 
     assert _collect(job.pk, feed) == [{"stream": "a\n"}, {"stream": "b\n"}, {"stream": "c\n"}]
     assert len(reads) == 1
@@ -152,14 +171,15 @@ def test_the_job_page_socket_gets_a_batch_line_by_line_then_the_end(memory_layer
         communicator.scope.update({"user": user, "url_route": {"kwargs": {"pk": job.pk}}})
         connected, _ = await communicator.connect()
         assert connected
-        state = {"type": "job.state", "job": job.pk, "status": "succeeded", "error": "", "seq": 2}
         await _send(get_channel_layer(), job.pk, {"type": "job.events", "job": job.pk, "events": [
+            {"type": "job.state", "job": job.pk, "status": "running", "error": ""},
             {"type": "job.event", "job": job.pk, "seq": 1, "stream": "a\n"},
-            {"type": "job.event", "job": job.pk, "seq": 2, "stream": "b\n"}], "state": state})
-        frames = [await communicator.receive_json_from(5) for _ in range(3)]
+            {"type": "job.event", "job": job.pk, "seq": 2, "stream": "b\n"},
+            {"type": "job.state", "job": job.pk, "status": "succeeded", "error": "", "seq": 2}]})
+        frames = [await communicator.receive_json_from(5) for _ in range(4)]
         await communicator.disconnect()
         return frames
 
     frames = asyncio.run(main())
-    assert [f.get("seq") for f in frames] == [1, 2, 2] and frames[2]["status"] == "succeeded"
-    assert [f["type"] for f in frames] == ["job.event", "job.event", "job.state"]
+    assert [f.get("seq") for f in frames] == [None, 1, 2, 2] and frames[3]["status"] == "succeeded"
+    assert [f["type"] for f in frames] == ["job.state", "job.event", "job.event", "job.state"]
