@@ -209,6 +209,8 @@ def test_a_rebuild_of_the_same_context_uses_the_kept_one_and_a_change_still_rebu
     assert sorted(os.listdir(os.path.join(kept_dir, digest, "context", "app"))) == ["a.txt", "b.txt"]
     again, events, _ = build_from_file(engine, tmp_path, files)
     assert again.id == image.id and text(events).count("Using cache") == 2
+    fresh, events, _ = build_from_file(engine, tmp_path, files, no_cache=True)  # COPY from the kept context
+    assert "Using cache" not in text(events) and run_image(engine, fresh.id) == (0, "kept v1\n")
     changed, events, other = build_from_file(engine, tmp_path, dict(files, **{"app/a.txt": "kept v2\n"}))
     assert changed.id != image.id and "Using cache" not in text(events)
     assert run_image(engine, changed.id) == (0, "kept v2\n")
