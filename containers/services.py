@@ -23,7 +23,7 @@ from django.utils import timezone
 from project import audit, nodes, realtime
 from project.engine import get_engine
 from runtime import containerfs
-from runtime.errors import NotFound
+from runtime.errors import EngineError, NotFound
 
 from .choices import ACTIVE_STATES, ContainerStateChoices
 from .models import Container, ExecSession
@@ -139,6 +139,20 @@ def restart_on_worker_start(container: Container) -> bool:
         except Exception:
             logger.exception("restart of %s after a worker start failed", container.name)
     return False
+
+
+def _remove_after_failed_start(container_id: str) -> None:
+    """A --rm container that could not start is removed, as Docker does (``docker run --rm`` waits
+    for the removal after reporting the start's error)."""
+    engine = engine_containers()
+    try:
+        record = engine.get(container_id)
+    except NotFound:
+        return
+    if record.config.auto_remove and not record.running:
+        with contextlib.suppress(NotFound):
+            engine.remove(container_id, force=True)
+        forget_container(container_id)
 
 
 def after_start(container_id: str) -> Container | None:
@@ -264,7 +278,12 @@ def do_action(container_id: str, action: str, **kwargs):
         engine.remove(container_id, **kwargs)
         forget_container(container_id)
         return None
-    getattr(engine, action)(container_id, **kwargs)
+    try:
+        getattr(engine, action)(container_id, **kwargs)
+    except EngineError:
+        if action == "start":
+            _remove_after_failed_start(container_id)
+        raise
     if action in ("start", "restart", "unpause"):
         after_start(container_id)
         return None

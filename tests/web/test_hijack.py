@@ -125,6 +125,19 @@ def test_run_output_is_never_lost(docker):
         assert (result.returncode, result.stdout) == (0, f"run {i}\n"), result.stderr
 
 
+def test_run_of_a_missing_command_is_127_and_rm_removes_it(docker, name):
+    """The runc create fails while the CLI is already attached (it got its 101): the start says
+    why, the CLI exits 127 as with Docker, and --rm removes the container (the CLI waits for it)."""
+    gone = name()
+    result = docker("run", "--rm", "--name", gone, "busybox", "no-such-command", check=False, timeout=60)
+    assert result.returncode == 127 and "no-such-command" in result.stderr, result.stderr
+    assert docker("ps", "-aq", "--filter", f"name=^{gone}$").stdout.strip() == ""
+    kept = name()
+    result = docker("run", "--name", kept, "busybox", "no-such-command", check=False, timeout=60)
+    assert result.returncode == 127, result.stderr
+    assert docker("inspect", "-f", "{{.State.Status}}", kept).stdout.strip() == "created"
+
+
 def test_run_large_output(docker):
     result = docker("run", "--rm", "busybox", "sh", "-c", "head -c 3000000 /dev/zero | tr '\\0' a; echo; echo e >&2")
     assert result.returncode == 0 and len(result.stdout) == 3000001 and result.stderr == "e\n"
