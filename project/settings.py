@@ -114,12 +114,8 @@ ASGI_APPLICATION = "project.asgi.application"
 WSGI_APPLICATION = None
 
 # SQLite under DATA_DIR by default; DATABASE_URL (postgres://...) switches database.
-# Connections are kept (a minute, checked before reuse): every API request and worker task would
-# otherwise open its own, with SQLite's two PRAGMAs, about a millisecond each time.
-DB_CONN_MAX_AGE = int(os.getenv("BERTH_DB_CONN_MAX_AGE", "60"))
 if os.getenv("DATABASE_URL"):
-    DATABASES = {"default": dj_database_url.parse(os.environ["DATABASE_URL"], conn_max_age=DB_CONN_MAX_AGE,
-                                                  conn_health_checks=True)}
+    DATABASES = {"default": dj_database_url.parse(os.environ["DATABASE_URL"], conn_max_age=60)}
 else:
     DATABASES = {
         "default": {
@@ -131,8 +127,6 @@ else:
                 "transaction_mode": "IMMEDIATE",
                 "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
             },
-            "CONN_MAX_AGE": DB_CONN_MAX_AGE,
-            "CONN_HEALTH_CHECKS": True,
         }
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -173,6 +167,10 @@ CELERY_TASK_ACKS_LATE = False
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_ALWAYS_EAGER = envbool("CELERY_TASK_ALWAYS_EAGER", "False")
+# Celery's Django fixup closes the database connection before and after every task, and with
+# SQLite the last connection to close checkpoints the WAL into the database (an fsync): a millisecond
+# or two on every task. Keep it across tasks (closed every DB_REUSE_MAX tasks).
+CELERY_DB_REUSE_MAX = int(os.getenv("BERTH_WORKER_DB_REUSE_MAX", "200"))
 
 CHANNEL_LAYERS = {
     "default": {
