@@ -53,6 +53,8 @@ from runtime.layers import chain_ids  # noqa: E402
 from runtime.manifest import Descriptor  # noqa: E402
 from runtime.registry import RegistryClient  # noqa: E402
 from tests.support import registry as support  # noqa: E402
+from tests.support.dockerd import stop_daemon  # noqa: E402
+from tests.support.dockerd import unmount_under as _unmount_under  # noqa: E402
 
 DEFAULT_CACHE = ROOT / "bench" / ".cache"
 REPOSITORY = "bench/pull"
@@ -372,16 +374,6 @@ class RssSampler:
 #
 
 
-def _unmount_under(path: str) -> None:
-    """Lazily unmount whatever a daemon left mounted under ``path`` (deepest first)."""
-    with open("/proc/self/mounts") as f:
-        points = [line.split()[1] for line in f]
-    for point in sorted(points, key=len, reverse=True):
-        point = point.replace("\\040", " ")
-        if point == path or point.startswith(path.rstrip("/") + "/"):
-            subprocess.run(["umount", "-l", point], capture_output=True)
-
-
 class LoopFilesystem:
     """A fresh ext4 (with its journal) on a loop device over a sparse file, for both engines' data.
 
@@ -543,14 +535,7 @@ class DockerSide(Side):
             raise RuntimeError(f"docker: layers left after rmi: {left}")
 
     def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.popen.pid, signal.SIGKILL)
-                self.popen.wait()
-        _unmount_under(self.workdir)
+        stop_daemon(self.popen, self.workdir)
 
 
 class BerthSide(Side):

@@ -193,6 +193,18 @@ def unmount_under(path: str) -> None:
             subprocess.run(["umount", "-l", point], capture_output=True)
 
 
+def stop_daemon(popen: subprocess.Popen, workdir: str) -> None:
+    """SIGTERM a daemon (SIGKILL to its group after a minute), then unmount what it left under ``workdir``."""
+    if popen.poll() is None:
+        popen.send_signal(signal.SIGTERM)
+        try:
+            popen.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(popen.pid, signal.SIGKILL)
+            popen.wait()
+    unmount_under(workdir)
+
+
 class _UnixConnection(http.client.HTTPConnection):
     def __init__(self, path: str, timeout: float = 5):
         super().__init__("localhost", timeout=timeout)
@@ -258,14 +270,7 @@ class PrivateDockerd:
             conn.close()
 
     def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.popen.pid, signal.SIGKILL)
-                self.popen.wait()
-        unmount_under(self.workdir)
+        stop_daemon(self.popen, self.workdir)
 
 
 def dockerd_available() -> bool:

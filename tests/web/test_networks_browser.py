@@ -1,18 +1,13 @@
 """Networks in Chromium: create one, run a published web server on it, open its port from the page."""
 
-import socket
 import uuid
 
 import pytest
 from playwright.sync_api import expect
 
+from tests.support.net import free_port
+
 pytestmark = [pytest.mark.live, pytest.mark.browser]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_create_a_network_run_on_it_and_see_addresses_and_ports(logged_in_page):

@@ -1,33 +1,14 @@
 """Networks through the real docker CLI: published ports, user networks by name, links, isolation."""
 
 import json
-import socket
 import time
-import urllib.request
 import uuid
 
 import pytest
 
+from tests.support.net import SERVE, fetch, free_port
+
 pytestmark = pytest.mark.live
-
-SERVE = "mkdir -p /www && echo \"hello from $(hostname)\" > /www/index.html && exec httpd -f -p 80 -h /www"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def fetch(url: str, timeout: float = 15) -> str:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return urllib.request.urlopen(url, timeout=2).read().decode()
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
 
 
 def output_of(docker, name, timeout=30) -> str:
