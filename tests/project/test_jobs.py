@@ -96,16 +96,22 @@ def memory_layer(settings):
     settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
 
+@pytest.fixture
+def reads(monkeypatch):
+    """The stream's database reads of job events, recorded (they still happen)."""
+    calls = []
+    real = streams._events_after
+    monkeypatch.setattr(streams, "_events_after", lambda *a: calls.append(a) or real(*a))
+    return calls
+
+
 def _send(layer, job_id, event):
     return layer.group_send(f"job_{job_id}", {"type": "event.message", "event": event})
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_stream_sends_a_batch_and_ends_on_the_final_state_naming_its_last_line(memory_layer, monkeypatch):
+def test_the_stream_sends_a_batch_and_ends_on_the_final_state_naming_its_last_line(memory_layer, reads):
     job = Job.objects.create(kind="build", target="app", status="running")
-    reads = []
-    real = streams._events_after
-    monkeypatch.setattr(streams, "_events_after", lambda *a: reads.append(a) or real(*a))
 
     async def feed(layer):
         await _send(layer, job.pk, {"type": "job.events", "job": job.pk, "events": [
@@ -118,11 +124,8 @@ def test_the_stream_sends_a_batch_and_ends_on_the_final_state_naming_its_last_li
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_stream_ends_on_a_last_batch_that_carries_the_end(memory_layer, monkeypatch):
+def test_the_stream_ends_on_a_last_batch_that_carries_the_end(memory_layer, reads):
     job = Job.objects.create(kind="build", target="app", status="running")
-    reads = []
-    real = streams._events_after
-    monkeypatch.setattr(streams, "_events_after", lambda *a: reads.append(a) or real(*a))
 
     async def feed(layer):
         await _send(layer, job.pk, {"type": "job.state", "job": job.pk, "status": "running", "error": ""})
