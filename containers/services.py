@@ -255,8 +255,11 @@ def do_create(config: dict, user_id: int | None = None, start: bool = False) -> 
     if start:
         try:
             engine.start(record.id)
-        finally:
-            after_start(record.id)
+        except EngineError:
+            sync_container(engine.get(record.id))
+            _remove_after_failed_start(record.id)
+            raise
+        after_start(record.id)
     return record.id
 
 
