@@ -14,6 +14,7 @@ def runtime_config() -> RuntimeConfig:
         root=settings.RUNTIME_ROOT,
         run_root=settings.RUNTIME_RUN_ROOT,
         insecure_registries=tuple(settings.INSECURE_REGISTRIES),
+        seccomp_native_only=settings.SECCOMP_NATIVE_ONLY,
     )
 
 

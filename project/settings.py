@@ -188,6 +188,8 @@ RUNTIME_RUN_ROOT = os.getenv("RUNTIME_RUN_ROOT", "/run/berth")
 # Uploads (docker import / load) are staged under DATA_DIR/uploads up to this size.
 MAX_UPLOAD_SIZE = envint("MAX_UPLOAD_SIZE", str(64 << 30))
 INSECURE_REGISTRIES = [r for r in os.getenv("INSECURE_REGISTRIES", "").split(",") if r]
+# Seccomp filters for the native syscall ABI only (faster starts; 32-bit syscalls then kill): runtime/config.py.
+SECCOMP_NATIVE_ONLY = envbool("BERTH_SECCOMP_NATIVE_ONLY", "False")
 
 LOGGING = {
     "version": 1,

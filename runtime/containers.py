@@ -947,7 +947,8 @@ class ContainerStore:
         seccomp = None
         if not config.privileged and security.get("seccomp") != "unconfined":
             oci_spec.check_seccomp_support(self.runc.features(), self.runc.path)
-            seccomp = oci_spec.default_seccomp_profile(caps, image_arch=image_arch)
+            seccomp = oci_spec.default_seccomp_profile(caps, image_arch=image_arch,
+                                                       native_only=self.config.seccomp_native_only)
         etc = self._write_etc_files(record, host_network=netns == "host")
         opts = [
             oci_spec.with_root(rootfs),

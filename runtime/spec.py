@@ -851,7 +851,8 @@ _ARCHES = {
 _COMPAT_IMAGE_ARCHES = {"x86_64": ("386",), "aarch64": ("arm",), "s390x": ("s390",)}
 
 
-def default_seccomp_profile(capabilities: Iterable[str], machine: str | None = None, image_arch: str = "") -> dict:
+def default_seccomp_profile(capabilities: Iterable[str], machine: str | None = None, image_arch: str = "",
+                            native_only: bool = False) -> dict:
     """Docker's default seccomp profile for a container with these capabilities, as an OCI
     ``linux.seccomp`` object: an allowlist, EPERM for every other syscall.
 
@@ -859,16 +860,16 @@ def default_seccomp_profile(capabilities: Iterable[str], machine: str | None = N
     only when the container has the capability. Without CAP_SYS_ADMIN, clone(2) may not create
     namespaces and clone3(2) answers ENOSYS, so that libc falls back to clone(2).
 
-    One difference from Docker: the host's 32-bit syscall ABIs (x86 and x32 beside x86_64, arm
-    beside aarch64) are in the filter only for an image built for one of them (``image_arch`` 386
-    or arm). Any other image's filter has the native ABI alone, so a 32-bit syscall from it is
-    refused; runc compiles a filter per ABI at every start, and the two extra ones cost about
-    10 ms of each ``runc create`` here.
+    ``native_only`` (RuntimeConfig.seccomp_native_only, off by default): the host's 32-bit syscall
+    ABIs (x86 and x32 beside x86_64, arm beside aarch64) stay in the filter only for an image built
+    for one of them (``image_arch`` 386 or arm). runc compiles a filter per ABI at every create and
+    exec (the two extra ones cost about 10 ms of each here), but then a 32-bit syscall from any
+    other image kills its thread (libseccomp's default for an unlisted ABI), where Docker allows it.
     """
     caps = set(capabilities)
     machine = machine or platform.machine()
     native, sub_arches, arch_calls = _ARCHES.get(machine, _ARCHES["x86_64"])
-    if image_arch not in _COMPAT_IMAGE_ARCHES.get(machine, ()):
+    if native_only and image_arch not in _COMPAT_IMAGE_ARCHES.get(machine, ()):
         sub_arches = []
     allowed = list(_SECCOMP_ALLOW) + list(arch_calls)
     for cap, names in _SECCOMP_BY_CAPABILITY.items():

@@ -166,11 +166,13 @@ def test_capabilities_follow_dockers_add_and_drop_rules():
 def test_the_seccomp_profile_gates_syscalls_on_capabilities():
     profile = s.default_seccomp_profile(s.DEFAULT_CAPABILITIES, machine="x86_64")
     assert profile["defaultAction"] == "SCMP_ACT_ERRNO" and profile["defaultErrnoRet"] == 1
-    # The 32-bit ABIs only for an image built for them (each ABI's filter costs runc time per start).
-    assert profile["architectures"] == ["SCMP_ARCH_X86_64"]
-    compat = s.default_seccomp_profile(s.DEFAULT_CAPABILITIES, machine="x86_64", image_arch="386")
+    assert profile["architectures"] == ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"]  # Docker's
+    # native_only (opt-in): the 32-bit ABIs only for an image built for them.
+    native = s.default_seccomp_profile(s.DEFAULT_CAPABILITIES, machine="x86_64", image_arch="amd64", native_only=True)
+    assert native["architectures"] == ["SCMP_ARCH_X86_64"]
+    compat = s.default_seccomp_profile(s.DEFAULT_CAPABILITIES, machine="x86_64", image_arch="386", native_only=True)
     assert compat["architectures"] == ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"]
-    assert s.default_seccomp_profile([], machine="aarch64", image_arch="arm")["architectures"] == [
+    assert s.default_seccomp_profile([], machine="aarch64", image_arch="arm", native_only=True)["architectures"] == [
         "SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"]
     allowed = profile["syscalls"][0]["names"]
     assert "read" in allowed and "arch_prctl" in allowed and "chroot" in allowed
