@@ -50,8 +50,9 @@ PREFLIGHT_PATH = "/v1.41/_berth/hijack/preflight"
 EXEC_START_PATH = "/v1.41/_berth/hijack/exec-start"
 EXEC_FINISH_PATH = "/v1.41/_berth/hijack/exec-finish"
 INIT_WAIT_PATH = "/v1.41/_berth/hijack/init-wait"
-# How long a start waits for an attach that is still connecting (the container's runc create).
-START_GATE_TIMEOUT = 60.0
+# How long a start waits for an attach that is still connecting (the container's runc create):
+# longer than the init-wait view waits for the worker (project/nodes.py DEFAULT_TIMEOUT).
+START_GATE_TIMEOUT = 130.0
 UPGRADED = (b"HTTP/1.1 101 UPGRADED\r\nContent-Type: application/vnd.docker.raw-stream\r\n"
             b"Connection: Upgrade\r\nUpgrade: tcp\r\n\r\n")
 NOT_UPGRADED = b"HTTP/1.1 200 OK\r\nContent-Type: application/vnd.docker.raw-stream\r\n\r\n"
@@ -68,6 +69,14 @@ HOP = {"connection", "upgrade", "content-length", "transfer-encoding", "content-
 # Trap 2 of notes/hijack.md: asyncio holds a half-closed connection's tasks only weakly; keep
 # every per-connection task here until it is done, or a live session can be garbage-collected.
 TASKS: set[asyncio.Task] = set()
+
+
+def _message(answer: bytes) -> str:
+    """The ``message`` of a JSON error answer, else its text."""
+    try:
+        return str(json.loads(answer or b"{}").get("message") or "")
+    except (ValueError, AttributeError):
+        return answer.decode("utf-8", "replace")[:300]
 
 
 def spawn(coro) -> asyncio.Task:
@@ -542,7 +551,7 @@ class Hijack:
         create overlaps the client's next requests, and no output is lost."""
         front = self.conn.front
         ref = ATTACH_RE.match(self.head.path)[1]
-        refs = {ref, plan["container_id"]}
+        refs = {ref, plan["container_id"]} | ({plan["name"]} if plan.get("name") else set())
         gate = front.open_gate(refs)
         try:
             await self.upgrade()
@@ -551,10 +560,20 @@ class Hijack:
                     "task": plan["init_task"], "container_id": plan["container_id"]}, self.conn.peer)
             except (OSError, ValueError, IndexError) as e:
                 status, answer = 503, json.dumps({"message": str(e)}).encode()
-            if status != 200:
+            if status == 409:
                 # The create failed: the client's start (let through now) tries again and reports
                 # the error the way Docker does, on the start; this stream just ends.
                 logger.info("attach to %s: create failed: %s", plan["container_id"][:12], answer[:300])
+                return True
+            if status != 200:
+                # Not the engine's answer (Daphne, Redis or the worker did not answer): say so on the
+                # stream, as stderr, since its output would be lost.
+                logger.warning("attach to %s: init-wait answered %s: %s", plan["container_id"][:12], status,
+                               answer[:300])
+                message = (f"Berth could not attach: {_message(answer) or f'status {status}'}\r\n").encode()
+                with contextlib.suppress(Exception):
+                    self.writer.write(message if plan.get("tty") else struct.pack(">BxxxI", 2, len(message)) + message)
+                    await self.writer.drain()
                 return True
             try:
                 attach = await open_attach(plan["socket"])

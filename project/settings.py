@@ -169,8 +169,10 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_ALWAYS_EAGER = envbool("CELERY_TASK_ALWAYS_EAGER", "False")
 # Celery's Django fixup closes the database connection before and after every task, and with
 # SQLite the last connection to close checkpoints the WAL into the database (an fsync): a millisecond
-# or two on every task. Keep it across tasks (closed every DB_REUSE_MAX tasks).
-CELERY_DB_REUSE_MAX = int(os.getenv("BERTH_WORKER_DB_REUSE_MAX", "200"))
+# or two on every task. With SQLite, keep it across tasks (closed every DB_REUSE_MAX tasks). Not with
+# a database server: the fixup would then never notice a connection the server dropped.
+if not os.getenv("DATABASE_URL"):
+    CELERY_DB_REUSE_MAX = int(os.getenv("BERTH_WORKER_DB_REUSE_MAX", "200"))
 
 CHANNEL_LAYERS = {
     "default": {

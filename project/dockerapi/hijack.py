@@ -134,7 +134,7 @@ def _attach(request, name: str, query: QueryDict):
     audit.record(request, "container.attach", services.get_container(record.id), stdin=stdin)
     return json_response({"kind": "attach", "container_id": record.id, "socket": store().attach_socket_path(record.id),
                           "tty": bool(record.config.tty), "stdin": stdin, "stdin_once": bool(record.config.stdin_once),
-                          "init_task": init_task})
+                          "init_task": init_task, "name": record.name.lstrip("/")})
 
 
 def _exec(request, exec_id: str, body: dict):
@@ -224,7 +224,13 @@ def do_init(container_id: str) -> str:
     record = store().get(container_id)
     if _state(record) in ("created", "running", "paused"):
         return record.id  # another attach (or a start) got there first: nothing to create
-    record = store().init(container_id)
+    try:
+        record = store().init(container_id)
+    except errors.InvalidState:
+        # Another attach's init (on another pool process) took the lock first and made it.
+        if _state(store().get(container_id)) in ("created", "running", "paused"):
+            return container_id
+        raise
     services.sync_container(record)
     return record.id
 
