@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import fcntl
 import io
 import logging
 import os
@@ -101,10 +102,15 @@ def forget_container(container_id: str) -> None:
 
 def reconcile_containers() -> dict:
     """Make the models match the engine after a restart; apply restart policies to what exited."""
+    was_active = set(active_containers().values_list("container_id", flat=True))
     records = engine_containers().reconcile()
     seen = set()
     for record in records:
         seen.add(record.id)
+        if (record.id in was_active and record.config.auto_remove
+                and getattr(record.state, "value", record.state) == ContainerStateChoices.EXITED):
+            _auto_remove(record.id)  # --rm, ended while no worker watched
+            continue
         sync_container(record)
     stale = Container.objects.filter(node=settings.NODE_NAME).exclude(container_id__in=seen)
     removed = list(stale.values_list("name", flat=True))
@@ -150,9 +156,34 @@ def _remove_after_failed_start(container_id: str) -> None:
     except NotFound:
         return
     if record.config.auto_remove and not record.running:
-        with contextlib.suppress(NotFound):
-            engine.remove(container_id, force=True)
-        forget_container(container_id)
+        _auto_remove(container_id)
+
+
+def _auto_remove(container_id: str) -> None:
+    """--rm: the container and its anonymous volumes go (Docker's AutoRemove)."""
+    with contextlib.suppress(NotFound):
+        engine_containers().remove(container_id, force=True, volumes=True)
+    forget_container(container_id)
+
+
+@contextlib.contextmanager
+def _row_lock(container_id: str):
+    """Hold while reading the engine's record and writing the container's row from it: the start
+    and the exit watcher both do, and without it a row could be written from an older state of the
+    engine than one already written (a running container shown exited, an exit acted on twice).
+    A flock on the container's directory itself (no file is made in it: a removal may be emptying
+    it); nothing to hold once it is gone. Never nested (a second flock of it in one process would
+    wait for the first)."""
+    try:
+        fd = os.open(engine_containers()._dir(container_id), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def after_start(container_id: str) -> Container | None:
@@ -166,11 +197,10 @@ def after_start(container_id: str) -> Container | None:
     """
     engine = engine_containers()
     try:
-        record = engine.get(container_id)
-        if not record.running:
-            return handle_exit(container_id)
-        container = sync_container(record)
-        if not engine.get(container_id).running:
+        with _row_lock(container_id):
+            record = engine.get(container_id)
+            container = sync_container(record) if record.running else None
+        if container is None or not engine.get(container_id).running:
             return handle_exit(container_id)
     except NotFound:
         forget_container(container_id)
@@ -197,34 +227,31 @@ def handle_exit(container_id: str) -> Container | None:
     from . import tasks
 
     engine = engine_containers()
-    try:
-        record = engine.sync(container_id)
-    except NotFound:  # removed meanwhile (by the other one who saw it end, with --rm)
-        forget_container(container_id)
-        return None
-    if getattr(record.state, "value", record.state) != ContainerStateChoices.EXITED:
-        return sync_container(record)
-    if not _claim_exit(record):
-        return Container.objects.filter(container_id=container_id).first()
-    container = sync_container(record)
+    with _row_lock(container_id):
+        try:
+            record = engine.sync(container_id)
+        except NotFound:  # removed meanwhile (by the other one who saw it end, with --rm)
+            forget_container(container_id)
+            return None
+        if getattr(record.state, "value", record.state) != ContainerStateChoices.EXITED:
+            return sync_container(record)
+        if not _claim_exit(record):
+            return Container.objects.filter(container_id=container_id).first()
+        container = sync_container(record)
     if should_restart(container):
         tasks.restart_by_policy.apply_async((container_id,), countdown=restart_delay(container.restart_count),
                                             queue=nodes.node_queue())
     elif container.config.get("auto_remove"):
-        with contextlib.suppress(NotFound):
-            engine.remove(container_id, force=True)
-        forget_container(container_id)
+        _auto_remove(container_id)
         return None
     return container
 
 
 def _claim_exit(record) -> bool:
-    """True for the one caller that records this exit (the row's state and finish time) first;
-    a container without a row yet is claimed by whoever writes it."""
+    """True for the one caller that records this exit (the row's state and finish time) first.
+    No row, no claim: it was removed meanwhile (writing one would bring it back)."""
     finished = _time(record.finished_at)
     rows = Container.objects.filter(container_id=record.id)
-    if not rows.exists():
-        return True
     return bool(rows.exclude(state=ContainerStateChoices.EXITED, finished_at=finished).update(
         state=ContainerStateChoices.EXITED, finished_at=finished))
 
@@ -290,11 +317,16 @@ def do_action(container_id: str, action: str, **kwargs):
     if action in ("start", "restart", "unpause"):
         after_start(container_id)
         return None
-    record = engine.get(container_id)
-    if getattr(record.state, "value", record.state) == ContainerStateChoices.EXITED:
+    try:
+        with _row_lock(container_id):
+            record = engine.get(container_id)
+            exited = getattr(record.state, "value", record.state) == ContainerStateChoices.EXITED
+            if not exited:
+                sync_container(record)
+    except NotFound:
+        return None  # stopped with --rm: the watcher saw the exit and removed it already
+    if exited:
         handle_exit(container_id)  # stop, kill: the exit is recorded once, --rm applies
-    else:
-        sync_container(record)
     return None
 
 

@@ -19,9 +19,11 @@ def test_containers_survive_a_worker_crash_and_exits_meanwhile_are_recorded(bert
         return result.stdout
 
     tag = uuid.uuid4().hex[:6]
-    long_running, short = f"survivor-{tag}", f"quitter-{tag}"
+    long_running, short, removed = f"survivor-{tag}", f"quitter-{tag}", f"rm-{tag}"
     docker("run", "-d", "--name", long_running, "busybox", "sleep", "300")
     docker("run", "-d", "--name", short, "busybox", "sh", "-c", "sleep 2; exit 5")
+    # --rm, ending while the worker is down or starting: removed all the same (by reconcile or the watcher).
+    docker("run", "-d", "--rm", "--name", removed, "busybox", "sleep", "1")
     berth.restart_worker(kill=True)  # a crash: SIGKILL to the whole worker
     time.sleep(3)  # the short one exits while... the new worker runs; its exit must still be seen
     for _ in range(50):
@@ -33,6 +35,12 @@ def test_containers_survive_a_worker_crash_and_exits_meanwhile_are_recorded(bert
     assert states[short]["Status"] == "exited" and states[short]["ExitCode"] == 5
     ps = docker("ps", "-a", "--format", "{{.Names}} {{.Status}}")
     assert f"{long_running} Up" in ps and f"{short} Exited (5)" in ps
+    for _ in range(50):
+        if removed not in docker("ps", "-a", "--format", "{{.Names}}").split():
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail(f"the --rm container {removed} was not removed after the worker's restart")
     # The pages show the same truth (the models were reconciled and the exit seen).
     from tests.web.test_events_socket import session_cookie
 
