@@ -2,6 +2,8 @@
 
 import hashlib
 import secrets
+import threading
+import time
 
 from django.conf import settings
 from django.db import models
@@ -19,6 +21,16 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+AUTH_CACHE_SECONDS = 5.0
+_auth_cache: dict[str, tuple[float, "ApiToken"]] = {}
+_auth_lock = threading.Lock()
+
+
+def forget_authentications(**kwargs) -> None:
+    """Drop every remembered token (a token, user or group membership changed)."""
+    _auth_cache.clear()
+
+
 class ApiTokenManager(models.Manager):
     """Creates tokens and finds the live one behind a clear-text token."""
 
@@ -29,13 +41,29 @@ class ApiTokenManager(models.Manager):
         return token, clear
 
     def authenticate(self, clear: str) -> "ApiToken | None":
-        """Return the active token for ``clear`` (and note its use), or None."""
+        """Return the active token for ``clear`` (and note its use), or None.
+
+        A token found is remembered for ``AUTH_CACHE_SECONDS`` in this process, so that the
+        docker CLI's bursts of requests (ping, create, attach, wait, start) cost one query, not
+        five. Any change to a token, a user or a user's groups in this process (the token page,
+        the admin: both run in the web process) forgets them all at once; a change made by
+        another process (a manage.py command) is seen within those seconds.
+        """
+        key = hash_token(clear)
+        now = time.monotonic()
+        cached = _auth_cache.get(key)
+        if cached is not None and cached[0] > now:
+            return cached[1]
         token = (
             self.select_related("user")
-            .filter(key_hash=hash_token(clear), revoked_at__isnull=True, user__is_active=True)
+            .filter(key_hash=key, revoked_at__isnull=True, user__is_active=True)
             .first()
         )
         if token is not None:
+            with _auth_lock:
+                if len(_auth_cache) > 1000:
+                    _auth_cache.clear()
+                _auth_cache[key] = (now + AUTH_CACHE_SECONDS, token)
             now = timezone.now()
             # Write last_used at most once a minute: tokens are read on every API call.
             if token.last_used_at is None or (now - token.last_used_at).total_seconds() > 60:

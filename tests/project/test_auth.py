@@ -87,6 +87,18 @@ class TestTokens:
         alice.save()
         assert client.get("/_ping", HTTP_AUTHORIZATION=f"Bearer {clear}").status_code == 401
 
+    def test_a_role_taken_away_applies_to_the_next_call_of_a_token(self, client, alice):
+        """Tokens are remembered a few seconds between requests: never past a change of roles."""
+        from django.contrib.auth.models import Group
+
+        alice.groups.add(Group.objects.get(name="operator"))
+        _, clear = ApiToken.objects.create_token(alice)
+        auth = {"HTTP_AUTHORIZATION": f"Bearer {clear}", "content_type": "application/json"}
+        # An operator may create containers: this one is refused for its body (no image), not the role.
+        assert client.post("/v1.41/containers/create", "{}", **auth).status_code == 400
+        alice.groups.clear()
+        assert client.post("/v1.41/containers/create", "{}", **auth).status_code == 403
+
     def test_only_the_hash_is_stored(self, alice):
         token, clear = ApiToken.objects.create_token(alice)
         assert clear not in token.key_hash
