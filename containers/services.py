@@ -623,12 +623,24 @@ def audit_terminal(user, container_id: str, kind: str, cmd: list[str]) -> None:
 
 
 def terminal_exit_code(session) -> int | None:
+    """The exit code of a browser terminal's exec session, once its output has ended."""
     if session.kind != "exec":
         return None
-    try:
-        return engine_containers().exec_session_inspect(session.key).get("exit_code")
-    except Exception:
-        return None
+    return _exec_exit_code(session.key)
+
+
+def _exec_exit_code(exec_id: str) -> int | None:
+    """An ended exec session's exit code: conmon writes its exit file just after the last output,
+    so wait for it a little (up to a second); None if it never comes."""
+    for _ in range(20):
+        try:
+            code = engine_containers().exec_session_inspect(exec_id).get("exit_code")
+        except Exception:
+            return None
+        if code is not None:
+            return code
+        time.sleep(0.05)
+    return None
 
 
 async def exec_session_ended(session) -> None:
@@ -641,15 +653,7 @@ async def exec_session_ended(session) -> None:
 def _record_exec_end(exec_id: str) -> None:
     from project.models import AuditEvent
 
-    code = None
-    for _ in range(20):  # conmon writes the exit file just after the last output
-        try:
-            code = engine_containers().exec_session_inspect(exec_id).get("exit_code")
-        except Exception:
-            break
-        if code is not None:
-            break
-        time.sleep(0.05)
+    code = _exec_exit_code(exec_id)
     ExecSession.objects.filter(exec_id=exec_id).update(exit_code=code, finished_at=timezone.now())
     session = ExecSession.objects.select_related("container").filter(exec_id=exec_id).first()
     if session is not None:
