@@ -140,7 +140,8 @@ def restart_on_worker_start(container: Container) -> bool:
     policy = (container.config.get("restart_policy") or {}).get("Name", "no")
     if policy == "always" or (policy == "unless-stopped" and not container.stopped_by_user):
         try:
-            sync_container(engine_containers().start(container.container_id))
+            engine_containers().start(container.container_id)
+            after_start(container.container_id)
             return True
         except Exception:
             logger.exception("restart of %s after a worker start failed", container.name)
