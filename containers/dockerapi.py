@@ -377,8 +377,10 @@ def network_detail(request, name: str):
 def network_connect(request, name: str):
     require_perm(request, "containers.change_container")
     body = json_body(request)
-    aliases = ((body.get("EndpointConfig") or {}).get("Aliases")) or []
-    services.network_action("connect", name, body.get("Container", ""), list(aliases), request=request)
+    endpoint = body.get("EndpointConfig") or {}
+    aliases = endpoint.get("Aliases") or []
+    ipv4 = (endpoint.get("IPAMConfig") or {}).get("IPv4Address") or ""
+    services.network_action("connect", name, body.get("Container", ""), list(aliases), ipv4, request=request)
     return HttpResponse(status=200)
 
 

@@ -134,6 +134,7 @@ def from_docker(body: dict, name: str = "") -> dict:
         raise InvalidArgument(f"invalid restart policy {restart_name!r}")
     if host.get("AutoRemove") and restart_name != "no":
         raise InvalidArgument("conflicting options: --restart and --rm")
+    aliases, ipv4 = _endpoint_options(body.get("NetworkingConfig") or {}, host.get("NetworkMode") or "bridge")
     return {
         "image": image,
         "name": check_name(name),
@@ -168,7 +169,28 @@ def from_docker(body: dict, name: str = "") -> dict:
         "dns_search": list(host.get("DnsSearch") or []),
         "dns_options": list(host.get("DnsOptions") or []),
         "links": list(host.get("Links") or []),
+        "network_aliases": aliases,
+        "ipv4_address": ipv4,
     }
+
+
+def _endpoint_options(networking: dict, mode: str) -> tuple[list[str], str]:
+    """``NetworkingConfig.EndpointsConfig`` of a create: the aliases and fixed IPv4 address asked
+    for on the container's network (``--network-alias``, ``--ip``). Docker takes one network here
+    (the others are for ``network connect``)."""
+    endpoints = networking.get("EndpointsConfig") or {}
+    if len(endpoints) > 1:
+        raise InvalidArgument("Container cannot be connected to network endpoints: " + ", ".join(endpoints))
+    if not endpoints:
+        return [], ""
+    name, endpoint = next(iter(endpoints.items()))
+    endpoint = endpoint or {}
+    if name not in (mode, "default" if mode == "bridge" else mode):
+        raise InvalidArgument(f"the endpoint settings are for network {name}, the container joins {mode}")
+    ipam = endpoint.get("IPAMConfig") or {}
+    if ipam.get("IPv6Address"):
+        raise InvalidArgument("IPv6 addresses are not supported")
+    return [a for a in (endpoint.get("Aliases") or []) if a], ipam.get("IPv4Address") or ""
 
 
 def from_form(data: dict) -> dict:

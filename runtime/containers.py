@@ -179,6 +179,10 @@ class ContainerConfig:
     dns_search: list[str] = field(default_factory=list)
     dns_options: list[str] = field(default_factory=list)
     links: list[str] = field(default_factory=list)
+    # The endpoint on the network of ``network_mode`` (NetworkingConfig at create): aliases
+    # (--network-alias) and a fixed address (--ip), user-defined networks only, as with Docker.
+    network_aliases: list[str] = field(default_factory=list)
+    ipv4_address: str = ""
     # "no-new-privileges[=true|false]", "seccomp=unconfined".
     security_opt: list[str] = field(default_factory=list)
 
@@ -618,6 +622,15 @@ class ContainerStore:
             knows = getattr(self.network, "knows", None)
             if knows is None or not knows(mode):
                 raise NotFound(f"network {mode} not found")
+        user_network = mode not in ("bridge", "none", "host") and not mode.startswith("container:")
+        if config.ipv4_address and not user_network:
+            raise InvalidArgument("user specified IP address is supported on user defined networks only")
+        if config.network_aliases and not user_network:
+            raise InvalidArgument("network-scoped alias is supported only for containers in user defined networks")
+        if config.ipv4_address:
+            check = getattr(self.network, "check_address", None)
+            if check is not None:
+                check(mode, config.ipv4_address)
         seen = set()
         for mount in config.mounts:
             if mount.kind not in ("bind", "volume"):

@@ -52,7 +52,7 @@ from runtime.errors import AlreadyExists, EngineError, InvalidArgument, InvalidS
 from runtime.fsutil import replace_json
 
 from . import netns as ns
-from .cni import CNI, conflist
+from .cni import CNI, CNIError, conflist
 from .links import hosts_entry, link_env, parse_link
 from .ports import PortReservations, parse_key, wanted_mappings
 
@@ -512,7 +512,10 @@ class NetworkManager:
         ep = self._load_endpoint(record.id)
         mode = record.config.network_mode or DEFAULT_NETWORK
         if ep is None:
-            nets = {} if mode in ("host", "none") or mode.startswith("container:") else {mode: {"aliases": []}}
+            member = {"aliases": list(getattr(record.config, "network_aliases", None) or [])}
+            if getattr(record.config, "ipv4_address", ""):
+                member["ip"] = record.config.ipv4_address
+            nets = {} if mode in ("host", "none") or mode.startswith("container:") else {mode: member}
             ep = {"id": record.id, "name": record.name, "networks": nets, "attachments": {}, "netns": "",
                   "ports": [], "boot_id": ""}
         ep["name"] = record.name
@@ -586,7 +589,7 @@ class NetworkManager:
                 if name in ep["attachments"]:
                     continue
                 self._attach(ep, doc, f"eth{index}", {"portMappings": mappings} if index == 0 else {},
-                             primary=index == 0)
+                             primary=index == 0, ip=(ep["networks"].get(name) or {}).get("ip", ""))
         except BaseException:
             self._detach_all(ep)
             self.ports.release(cid)
@@ -594,13 +597,20 @@ class NetworkManager:
         self._update_peers(ep, exclude=cid)
         return ep["netns"]
 
-    def _attach(self, ep: dict, doc: dict, ifname: str, runtime_config: dict, primary: bool) -> dict:
+    def _attach(self, ep: dict, doc: dict, ifname: str, runtime_config: dict, primary: bool, ip: str = "") -> dict:
         conf = self._conflist(doc, primary)
         att = {"cni_id": ep["id"], "ifname": ifname, "conflist": conf, "runtime_config": runtime_config,
                "result": None, "network_id": doc["Id"], "endpoint_id": secrets.token_hex(32)}
         ep["attachments"][doc["Name"]] = att
         _write_json(self._ep_path(ep["id"]), ep)  # the intent: cleanup DELs it if we die now
-        att["result"] = self.cni.add(conf, runtime_config, att["cni_id"], ep["netns"], ifname)
+        try:
+            # host-local takes a wanted address from CNI_ARGS (--ip).
+            att["result"] = self.cni.add(conf, runtime_config, att["cni_id"], ep["netns"], ifname,
+                                         args=f"IP={ip}" if ip else "")
+        except CNIError as exc:
+            if ip and "not available" in str(exc):
+                raise InvalidArgument(f"Address already in use: {ip} on network {doc['Name']}") from exc
+            raise
         _fill(att)
         _write_json(self._ep_path(ep["id"]), ep)
         return att
@@ -778,12 +788,31 @@ class NetworkManager:
     # Connect and disconnect
     #
 
-    def connect(self, network: str, container: str, aliases: list[str] | None = None) -> None:
-        """``docker network connect``: the container joins the network (at once if it runs: a new
-        interface ethN; at its next start otherwise)."""
+    def check_address(self, network: str, address: str) -> None:
+        """Refuse (InvalidArgument, in Docker's words) a fixed address the network cannot give."""
+        doc = self._find(network)
+        try:
+            ip = ipaddress.IPv4Address(address)
+        except ValueError:
+            raise InvalidArgument(f"invalid IPv4 address: {address}") from None
+        config = doc["IPAM"]["Config"][0]
+        subnet = ipaddress.IPv4Network(config["Subnet"], strict=False)
+        if ip not in subnet:
+            raise InvalidArgument(f"Invalid address {address}: It does not belong to any of this network's subnets")
+        if ip in (subnet.network_address, subnet.broadcast_address) or address == config.get("Gateway"):
+            raise InvalidArgument(f"Address {address} is not available on network {doc['Name']}")
+
+    def connect(self, network: str, container: str, aliases: list[str] | None = None, ip: str = "") -> None:
+        """``docker network connect [--alias] [--ip]``: the container joins the network (at once if it
+        runs: a new interface ethN; at its next start otherwise)."""
         doc = self._find(network)
         if doc["Driver"] != "bridge":
             raise InvalidArgument(f"container cannot be connected to network {doc['Name']} ({doc['Driver']})")
+        if (ip or aliases) and doc["Name"] in PREDEFINED:
+            raise InvalidArgument("user specified IP address is supported on user defined networks only" if ip else
+                                  "network-scoped alias is supported only for containers in user defined networks")
+        if ip:
+            self.check_address(doc["Name"], ip)
         record = self.containers.get(container)
         mode = record.config.network_mode or DEFAULT_NETWORK
         if mode in ("host", "none") or mode.startswith("container:"):
@@ -794,7 +823,7 @@ class NetworkManager:
             ep = self._members(record)
             if doc["Name"] in ep["networks"]:
                 raise AlreadyExists(f"endpoint with name {record.name} already exists in network {doc['Name']}")
-            ep["networks"][doc["Name"]] = {"aliases": list(aliases or [])}
+            ep["networks"][doc["Name"]] = {"aliases": list(aliases or []), **({"ip": ip} if ip else {})}
             running = record.state.value in ACTIVE and ep.get("netns") and ns.is_live(ep["netns"])
             _write_json(self._ep_path(record.id), ep)
             if running:
@@ -802,7 +831,7 @@ class NetworkManager:
                 ifnames = {a.get("ifname") for a in ep["attachments"].values()}
                 index = next(i for i in range(64) if f"eth{i}" not in ifnames)
                 try:
-                    self._attach(ep, doc, f"eth{index}", {}, primary=not ep["attachments"])
+                    self._attach(ep, doc, f"eth{index}", {}, primary=not ep["attachments"], ip=ip)
                 except BaseException:
                     self._detach(ep, doc["Name"])
                     del ep["networks"][doc["Name"]]
@@ -1301,9 +1330,12 @@ def _networks(record, ep: dict, network_id: Callable[[str], str | None]) -> dict
         found = network_id(name)
         if found is not None:
             endpoint["NetworkID"] = found
-        aliases = list(((ep.get("networks") or {}).get(name) or {}).get("aliases") or [])
+        member = (ep.get("networks") or {}).get(name) or {}
+        aliases = list(member.get("aliases") or [])
         if name not in PREDEFINED:
             endpoint["Aliases"] = [record.id[:12], *aliases]
+        if member.get("ip"):
+            endpoint["IPAMConfig"] = {"IPv4Address": member["ip"]}
         links = [f"/{parse_link(t)[0]}:/{record.name}/{parse_link(t)[1]}" for t in record.config.links or []]
         if links and name == DEFAULT_NETWORK:
             endpoint["Links"] = links

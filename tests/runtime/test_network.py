@@ -19,7 +19,7 @@ import time
 import pytest
 
 from runtime.containers import ContainerStore
-from runtime.errors import AlreadyExists, InvalidState, NotFound
+from runtime.errors import AlreadyExists, EngineError, InvalidArgument, InvalidState, NotFound
 from runtime.network import NetworkManager
 from tests.runtime.network_support import (
     HTTPD,
@@ -220,6 +220,33 @@ def test_containers_on_a_user_network_reach_each_other_by_name_and_alias(store, 
     code, out = exec_out(store, a.id, "cat", "/etc/hosts")
     assert "beta" not in out
     assert exec_out(store, a.id, "timeout", "2", "wget", "-qO-", "http://beta/")[0] != 0
+
+
+def test_a_fixed_address_and_aliases_asked_at_create(store, net, ctr, networks):
+    """docker run --network N --ip A --network-alias S (NetworkingConfig at create)."""
+    doc = networks("fixed")
+    subnet = ipaddress.IPv4Network(doc["IPAM"]["Config"][0]["Subnet"])
+    wanted = str(subnet.network_address + 77)
+    web = ctr("sh", "-c", HTTPD, name="fixedweb", network_mode="fixed", ipv4_address=wanted, network_aliases=["svc"])
+    wait_httpd(store, web.id)
+    settings = store.inspect(web.id)["NetworkSettings"]["Networks"]["fixed"]
+    assert settings["IPAddress"] == wanted and settings["IPAMConfig"] == {"IPv4Address": wanted}
+    assert settings["Aliases"] == [web.id[:12], "svc"]
+    assert f"inet {wanted}/" in exec_out(store, web.id, "ip", "-4", "addr", "show", "eth0")[1]
+    client = ctr("sleep", "1000", name="fixedclient", network_mode="fixed")
+    assert exec_out(store, client.id, "timeout", "3", "wget", "-qO-", "http://svc/")[1] == f"hello from {web.id[:12]}\n"
+    # The same address for another container: refused at its start, and it takes nothing with it.
+    twin = ctr("true", name="fixedtwin", network_mode="fixed", ipv4_address=wanted, start=False)
+    with pytest.raises(EngineError, match=f"Address already in use: {wanted}"):
+        store.start(twin.id)
+    assert exec_out(store, client.id, "timeout", "3", "wget", "-qO-", "http://svc/")[1].startswith("hello")
+    # Refused at create, in Docker's words: outside the subnet, on the default bridge.
+    with pytest.raises(InvalidArgument, match="does not belong to any of this network's subnets"):
+        ctr("true", network_mode="fixed", ipv4_address="192.0.2.7", start=False)
+    with pytest.raises(InvalidArgument, match="user specified IP address is supported on user defined networks only"):
+        ctr("true", ipv4_address=wanted, start=False)
+    with pytest.raises(InvalidArgument, match="network-scoped alias is supported only"):
+        ctr("true", network_aliases=["x"], start=False)
 
 
 def test_two_user_networks_cannot_reach_each_other_and_connect_joins_at_once(store, net, ctr, networks):

@@ -1,5 +1,6 @@
 """Networks through the real docker CLI: published ports, user networks by name, links, isolation."""
 
+import ipaddress
 import json
 import time
 import uuid
@@ -49,6 +50,30 @@ def test_user_networks_resolve_names_and_stay_apart(docker):
     docker("rm", "-f", f"srv-{tag}", f"cli-{tag}", f"far-{tag}")
     docker("network", "rm", net, other)
     assert net not in docker("network", "ls", "--format", "{{.Name}}").stdout
+
+
+def test_run_with_a_fixed_address_and_a_network_alias(docker):
+    tag = uuid.uuid4().hex[:6]
+    net, web = f"fix-{tag}", f"web-{tag}"
+    docker("network", "create", net)
+    subnet = json.loads(docker("network", "inspect", net).stdout)[0]["IPAM"]["Config"][0]["Subnet"]
+    address = str(ipaddress.IPv4Network(subnet).network_address + 50)
+    try:
+        docker("run", "-d", "--name", web, "--network", net, "--ip", address, "--network-alias", "svc",
+               "busybox", "sh", "-c", SERVE)
+        settings = json.loads(docker("inspect", web).stdout)[0]["NetworkSettings"]["Networks"][net]
+        assert settings["IPAddress"] == address and "svc" in settings["Aliases"]
+        time.sleep(0.5)
+        result = docker("run", "--rm", "--network", net, "busybox", "timeout", "10", "wget", "-qO-", "http://svc/")
+        assert result.stdout.startswith("hello from"), result.stderr
+        # The same address again fails at start; on the default bridge it is refused, as Docker words it.
+        taken = docker("run", "--rm", "--network", net, "--ip", address, "busybox", "true", check=False)
+        assert taken.returncode != 0 and "Address already in use" in taken.stderr, taken.stderr
+        bridge = docker("run", "--rm", "--ip", address, "busybox", "true", check=False)
+        assert "user specified IP address is supported on user defined networks only" in bridge.stderr
+    finally:
+        docker("rm", "-f", web, check=False)
+        docker("network", "rm", net, check=False)
 
 
 def test_link_writes_hosts_and_link_variables(docker):
