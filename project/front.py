@@ -71,6 +71,12 @@ HOP = {"connection", "upgrade", "content-length", "transfer-encoding", "content-
 TASKS: set[asyncio.Task] = set()
 
 
+def frame(stream: int, data: bytes, tty: bool) -> bytes:
+    """Output as the client reads it: raw with a TTY, else Docker's frame (stream 1 stdout, 2
+    stderr; three zero bytes; the big-endian length)."""
+    return data if tty else struct.pack(">BxxxI", stream, len(data)) + data
+
+
 def _message(answer: bytes) -> str:
     """The ``message`` of a JSON error answer, else its text."""
     try:
@@ -556,8 +562,8 @@ class Hijack:
         try:
             await self.upgrade()
             try:
-                status, _, answer = await front.internal(INIT_WAIT_PATH, self.head, {
-                    "task": plan["init_task"], "container_id": plan["container_id"]}, self.conn.peer)
+                status, _, answer = await front.internal(INIT_WAIT_PATH, self.head, {"task": plan["init_task"]},
+                                                         self.conn.peer)
             except (OSError, ValueError, IndexError) as e:
                 status, answer = 503, json.dumps({"message": str(e)}).encode()
             if status == 409:
@@ -572,7 +578,7 @@ class Hijack:
                                answer[:300])
                 message = (f"Berth could not attach: {_message(answer) or f'status {status}'}\r\n").encode()
                 with contextlib.suppress(Exception):
-                    self.writer.write(message if plan.get("tty") else struct.pack(">BxxxI", 2, len(message)) + message)
+                    self.writer.write(frame(2, message, bool(plan.get("tty"))))
                     await self.writer.drain()
                 return True
             try:
@@ -604,10 +610,9 @@ class Hijack:
             status, _, answer = await front.internal(EXEC_START_PATH, self.head, {"exec_id": plan["exec_id"]},
                                                      self.conn.peer)
             if status != 200:
-                message = (json.loads(answer or b"{}").get("message") or "exec failed") + "\r\n"
+                message = ((_message(answer) or "exec failed") + "\r\n").encode()
                 with contextlib.suppress(Exception):
-                    self.writer.write(message.encode() if tty else struct.pack(">BxxxI", 2, len(message))
-                                      + message.encode())
+                    self.writer.write(frame(2, message, tty))
                 out.cancel()
         self.started.set()
         ended = spawn(self.done.wait())
@@ -636,7 +641,7 @@ class Hijack:
         while (item := await attach.recv()) is not None:
             stream, data = item
             try:
-                self.writer.write(data if tty else struct.pack(">BxxxI", stream, len(data)) + data)
+                self.writer.write(frame(stream, data, tty))
                 await self.writer.drain()
             except (ConnectionError, OSError):
                 self.done.set()

@@ -221,15 +221,13 @@ def do_init(container_id: str) -> str:
     """runc create without start, and the row in step (CREATED)."""
     from containers import services
 
-    record = store().get(container_id)
-    if _state(record) in ("created", "running", "paused"):
-        return record.id  # another attach (or a start) got there first: nothing to create
     try:
         record = store().init(container_id)
     except errors.InvalidState:
-        # Another attach's init (on another pool process) took the lock first and made it.
-        if _state(store().get(container_id)) in ("created", "running", "paused"):
-            return container_id
+        # Another attach (or a start) got there first: nothing to create.
+        record = store().get(container_id)
+        if _state(record) in ("created", "running", "paused"):
+            return record.id
         raise
     services.sync_container(record)
     return record.id
