@@ -56,12 +56,14 @@ class CgroupPaths:
         return []
 
 
-def remove_dirs(path: str, *, parents: bool = True, root: str = CGROUP_ROOT) -> None:
+def remove_dirs(path: str, *, parents: bool = True, root: str = CGROUP_ROOT) -> bool:
     """rmdir the cgroup ``path`` in every hierarchy, then its now-empty parents (``/berth``).
 
     A cgroup that still has processes or children stays (rmdir fails with EBUSY/ENOTEMPTY).
+    True when ``path`` is gone from every hierarchy.
     """
     paths = CgroupPaths(path, root)
+    gone = True
     for leaf in paths.hierarchies():
         candidates = [leaf]
         if parents:
@@ -75,7 +77,9 @@ def remove_dirs(path: str, *, parents: bool = True, root: str = CGROUP_ROOT) -> 
             except (FileNotFoundError, NotADirectoryError):
                 continue
             except OSError:
+                gone = gone and d != leaf
                 break
+    return gone
 
 
 def cpu_count() -> int:

@@ -779,13 +779,8 @@ class ContainerStore:
             return False
         if process_start_time(record.pid) == record.pid_start:
             return False  # still there (a created container's init waits for its start)
-        for leaf in cgroups.CgroupPaths(self._cgroup_path(record.id)).hierarchies():
-            try:
-                os.rmdir(leaf)
-            except FileNotFoundError:
-                continue
-            except OSError:
-                return False  # a process is left in it
+        if not cgroups.remove_dirs(self._cgroup_path(record.id), parents=False):
+            return False  # a process is left in one
         shutil.rmtree(os.path.join(self.runc.root, record.id), ignore_errors=True)
         return not self.runc.exists(record.id)
 
