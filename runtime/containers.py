@@ -36,8 +36,8 @@ which watches exits with ``has_exited``/``sync``.
 from __future__ import annotations
 
 import contextlib
-import errno
 import dataclasses
+import errno
 import fcntl
 import functools
 import json
@@ -57,10 +57,10 @@ from typing import Callable, Iterator, Protocol
 
 from runtime import cgroups
 from runtime import spec as oci_spec
+from runtime.attach import resize_ctl
 from runtime.config import RuntimeConfig
 from runtime.errors import AlreadyExists, CommandError, EngineError, InvalidArgument, InvalidState, NotFound
 from runtime.fsutil import replace_json
-from runtime.attach import resize_ctl
 from runtime.images import ImageStore
 from runtime.layers import LayerStore
 from runtime.monitor import (
@@ -80,6 +80,7 @@ from runtime.monitor import (
     read_sync_file,
     wait_for_exit,
 )
+from runtime.network.manager import check_endpoint_options
 from runtime.oci import Runc
 from runtime.rootfs import is_mounted, mount_rootfs, unmount_rootfs
 from runtime.state import ACTIVE_STATES, ContainerState, check_state
@@ -622,11 +623,7 @@ class ContainerStore:
             knows = getattr(self.network, "knows", None)
             if knows is None or not knows(mode):
                 raise NotFound(f"network {mode} not found")
-        user_network = mode not in ("bridge", "none", "host") and not mode.startswith("container:")
-        if config.ipv4_address and not user_network:
-            raise InvalidArgument("user specified IP address is supported on user defined networks only")
-        if config.network_aliases and not user_network:
-            raise InvalidArgument("network-scoped alias is supported only for containers in user defined networks")
+        check_endpoint_options(mode, config.network_aliases, config.ipv4_address)
         if config.ipv4_address:
             check = getattr(self.network, "check_address", None)
             if check is not None:

@@ -808,9 +808,7 @@ class NetworkManager:
         doc = self._find(network)
         if doc["Driver"] != "bridge":
             raise InvalidArgument(f"container cannot be connected to network {doc['Name']} ({doc['Driver']})")
-        if (ip or aliases) and doc["Name"] in PREDEFINED:
-            raise InvalidArgument("user specified IP address is supported on user defined networks only" if ip else
-                                  "network-scoped alias is supported only for containers in user defined networks")
+        check_endpoint_options(doc["Name"], aliases, ip)
         if ip:
             self.check_address(doc["Name"], ip)
         record = self.containers.get(container)
@@ -1270,6 +1268,16 @@ class NetworkManager:
                                                                    "CNI-HOSTPORT-SETMARK"):
                         iptables("-t", "nat", "-F", target, check=False)
                         iptables("-t", "nat", "-X", target, check=False)
+
+
+def check_endpoint_options(network: str, aliases, ip: str) -> None:
+    """Docker's refusals of --ip and --network-alias (at create and at connect) on a network that
+    is not user-defined: the default bridge, host, none, another container's."""
+    if network in PREDEFINED or network.startswith("container:"):
+        if ip:
+            raise InvalidArgument("user specified IP address is supported on user defined networks only")
+        if aliases:
+            raise InvalidArgument("network-scoped alias is supported only for containers in user defined networks")
 
 
 def _split_rule(line: str) -> list[str]:
