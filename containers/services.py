@@ -63,11 +63,16 @@ def _config_dict(config) -> dict:
 
 
 @transaction.atomic
+def _state_of(record) -> str:
+    """An engine record's state as the rows keep it (ContainerStateChoices' value)."""
+    return getattr(record.state, "value", record.state)
+
+
 def sync_container(record) -> Container:
     """Create or update the row of one container from the engine's record; publish its state."""
     from images.models import Image
 
-    state = getattr(record.state, "value", record.state)
+    state = _state_of(record)
     fields = dict(
         name=record.name, node=settings.NODE_NAME, image=Image.objects.filter(digest=record.image_id).first(),
         image_ref=record.image_ref or record.image_id, config=_config_dict(record.config), state=state,
@@ -108,7 +113,7 @@ def reconcile_containers() -> dict:
     for record in records:
         seen.add(record.id)
         if (record.id in was_active and record.config.auto_remove
-                and getattr(record.state, "value", record.state) == ContainerStateChoices.EXITED):
+                and _state_of(record) == ContainerStateChoices.EXITED):
             _auto_remove(record.id)  # --rm, ended while no worker watched
             continue
         sync_container(record)
@@ -234,7 +239,7 @@ def handle_exit(container_id: str) -> Container | None:
         except NotFound:  # removed meanwhile (by the other one who saw it end, with --rm)
             forget_container(container_id)
             return None
-        if getattr(record.state, "value", record.state) != ContainerStateChoices.EXITED:
+        if _state_of(record) != ContainerStateChoices.EXITED:
             return sync_container(record)
         if not _claim_exit(record):
             return Container.objects.filter(container_id=container_id).first()
@@ -321,7 +326,7 @@ def do_action(container_id: str, action: str, **kwargs):
     try:
         with _row_lock(container_id):
             record = engine.get(container_id)
-            exited = getattr(record.state, "value", record.state) == ContainerStateChoices.EXITED
+            exited = _state_of(record) == ContainerStateChoices.EXITED
             if not exited:
                 sync_container(record)
     except NotFound:
@@ -513,7 +518,7 @@ def do_prune() -> dict:
     engine = engine_containers()
     deleted, reclaimed = [], 0
     for record in engine.list(all=True):
-        if getattr(record.state, "value", record.state) in ("exited", "configured", "created", "dead"):
+        if _state_of(record) in ("exited", "configured", "created", "dead"):
             engine.remove(record.id)
             forget_container(record.id)
             deleted.append(record.id)
