@@ -49,7 +49,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.pull import BerthSide, DockerSide, LoopFilesystem, _unmount_under, log  # noqa: E402
+from bench.pull import BerthSide, DockerSide, LoopFilesystem, finish_tempdir, log, stop_profilers  # noqa: E402
 
 BASE = "busybox:latest"
 TAG = "bench/build:latest"
@@ -216,8 +216,7 @@ def profile_berth(berth: BerthSide, engine: Engine, context: Path, path: str) ->
         cold, _ = engine.build(context)
         cached, _ = engine.build(context)
     finally:
-        spy.send_signal(signal.SIGINT)
-        spy.wait(60)
+        stop_profilers([spy])
     log(f"berth: profile of a {cold:.2f}s cold build and a {cached:.2f}s cached one written to {path}")
 
 
@@ -335,13 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for side in reversed(sides):
             side.stop()
-        if loop is not None:
-            loop.stop()
-        if args.keep:
-            log(f"kept the logs in {tempdir}/logs" + ("" if loop else f" and the data in {tempdir}"))
-        else:
-            _unmount_under(tempdir)
-            shutil.rmtree(tempdir, ignore_errors=True)
+        finish_tempdir(tempdir, loop, args.keep)
 
 
 if __name__ == "__main__":

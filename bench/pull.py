@@ -70,6 +70,28 @@ def log(*args) -> None:
     print(*args, file=sys.stderr, flush=True)
 
 
+def stop_profilers(spies) -> None:
+    """End py-spy recordings (SIGINT makes them write their output), killing one that hangs."""
+    for spy in spies:
+        spy.send_signal(signal.SIGINT)
+        try:
+            spy.wait(60)
+        except subprocess.TimeoutExpired:
+            spy.kill()
+            spy.wait()
+
+
+def finish_tempdir(tempdir: str, loop, keep: bool) -> None:
+    """A bench's last step: its loop filesystem unmounted, then its temp dir kept (--keep) or gone."""
+    if loop is not None:
+        loop.stop()
+    if keep:
+        log(f"kept the logs in {tempdir}/logs" + ("" if loop else f" and the data in {tempdir}"))
+    else:
+        _unmount_under(tempdir)
+        shutil.rmtree(tempdir, ignore_errors=True)
+
+
 #
 # The image
 #
@@ -705,13 +727,7 @@ def main(argv: list[str] | None = None) -> int:
             side.stop()
         if registry is not None:
             registry.stop()
-        if loop is not None:
-            loop.stop()
-        if args.keep:
-            log(f"kept the logs in {tempdir}/logs" + ("" if loop else f" and the data in {tempdir}"))
-        else:
-            _unmount_under(tempdir)
-            shutil.rmtree(tempdir, ignore_errors=True)
+        finish_tempdir(tempdir, loop, args.keep)
 
 
 if __name__ == "__main__":

@@ -50,8 +50,9 @@ from bench.pull import (  # noqa: E402
     BerthSide,
     DockerSide,
     LoopFilesystem,
-    _unmount_under,
+    finish_tempdir,
     log,
+    stop_profilers,
     tree_pids,
 )
 
@@ -544,13 +545,7 @@ def main(argv: list[str] | None = None) -> int:
         print(report(engines, args, docker_version, image_how))
         return 0
     finally:
-        for spy in spies:
-            spy.send_signal(signal.SIGINT)
-            try:
-                spy.wait(60)
-            except subprocess.TimeoutExpired:
-                spy.kill()
-                spy.wait()
+        stop_profilers(spies)
         all_engines = [e for e in (locals().get("docker"), locals().get("berth")) if e is not None]
         for engine in all_engines:
             try:
@@ -560,13 +555,7 @@ def main(argv: list[str] | None = None) -> int:
             engine.api.close()
         for engine in reversed(all_engines):
             engine.side.stop()
-        if loop is not None:
-            loop.stop()
-        if args.keep:
-            log(f"kept the logs in {tempdir}/logs")
-        else:
-            _unmount_under(tempdir)
-            shutil.rmtree(tempdir, ignore_errors=True)
+        finish_tempdir(tempdir, loop, args.keep)
 
 
 if __name__ == "__main__":

@@ -33,14 +33,13 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-import shutil
 import signal
 import statistics
 import subprocess
 import tempfile
 import time
 
-from bench.pull import DockerSide, LoopFilesystem, _unmount_under, log
+from bench.pull import DockerSide, LoopFilesystem, finish_tempdir, log, stop_profilers
 from bench.run import (
     IMAGE,
     TARGET_RUN_RATIO,
@@ -167,13 +166,7 @@ def main_bridge(args) -> int:
         print(report_bridge(engines, args, docker_version, addresses, bridge))
         return 0
     finally:
-        for spy in spies:
-            spy.send_signal(signal.SIGINT)
-            try:
-                spy.wait(60)
-            except subprocess.TimeoutExpired:
-                spy.kill()
-                spy.wait()
+        stop_profilers(spies)
         for engine in (e for e in (docker, berth) if e is not None):
             try:
                 engine.remove_all()
@@ -190,10 +183,4 @@ def main_bridge(args) -> int:
         if bridge is not None:
             left = bridge.remove()
             log(f"LEFT BEHIND: {left}" if left else f"removed bridge {bridge.name} and dockerd's iptables rules")
-        if loop is not None:
-            loop.stop()
-        if args.keep:
-            log(f"kept the logs in {tempdir}/logs")
-        else:
-            _unmount_under(tempdir)
-            shutil.rmtree(tempdir, ignore_errors=True)
+        finish_tempdir(tempdir, loop, args.keep)

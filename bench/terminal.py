@@ -57,6 +57,7 @@ from bench.pull import (  # noqa: E402
     Side,
     _unmount_under,
     log,
+    stop_profilers,
     tree_cpu_seconds,
     tree_rss_kb,
 )
@@ -492,9 +493,7 @@ def main(argv: list[str] | None = None) -> int:
                         firsts.setdefault(path, []).append(from_first)
                         log(f"stream {run + 1}/{args.runs} {path:12}: {elapsed:.2f}s, {from_first:.2f}s from "
                             f"the first byte")
-        for spy in spies:
-            spy.send_signal(signal.SIGINT)
-            spy.wait(60)
+        stop_profilers(spies)
         print(report(latencies, streams, firsts, args, docker, notes))
         return 0
     finally:
