@@ -285,6 +285,8 @@ def do_create(config: dict, user_id: int | None = None, start: bool = False) -> 
     container = sync_container(record)
     if user_id:
         Container.objects.filter(pk=container.pk).update(user_id=user_id)
+    if not start and record.config.auto_remove:
+        _init_ahead(record.id)
     if start:
         try:
             engine.start(record.id)
@@ -294,6 +296,27 @@ def do_create(config: dict, user_id: int | None = None, start: bool = False) -> 
             raise
         after_start(record.id)
     return record.id
+
+
+def _init_ahead(container_id: str) -> None:
+    """Queue the ``runc create`` of a container that is about to start (``docker run --rm``).
+
+    The CLI's attach, wait and start requests then overlap the slowest step of the run: the
+    container is CREATED in runc (its attach socket there, its process not started) by the time
+    they come. The attach's own init finds it made (``do_init``), and a start only runs
+    ``runc start``. A failed init here changes nothing the client sees: the state stays as it
+    was, and the attach or the start tries again and reports the error. ``docker create --rm``
+    that is never started holds a conmon until it is removed, as an attached-but-unstarted
+    container does.
+    """
+    from . import tasks
+
+    if settings.CELERY_TASK_ALWAYS_EAGER:
+        return  # no worker to overlap with: the start creates it
+    try:
+        nodes.send(tasks.hijack, "init", container_id)
+    except Exception:  # noqa: BLE001 - an optimisation: the start creates it anyway
+        logger.warning("could not queue the early init of %s", container_id[:12], exc_info=True)
 
 
 def create_container(config: dict, *, start: bool = False, user=None, request=None) -> Container:

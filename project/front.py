@@ -296,6 +296,22 @@ async def open_attach(path: str):
     return RuntimeAttach(await runtime_attach.open_attach(path), runtime_attach.STDERR)
 
 
+ATTACH_POLL = 0.002
+
+
+async def connect_when_there(path: str, waiting: asyncio.Task):
+    """Connect to an attach socket as soon as it answers, or None once ``waiting`` is done first.
+
+    conmon binds the socket while the worker's create is still finishing; a stale socket file of
+    an earlier run refuses connections until then, and a missing one is simply not there yet."""
+    while not waiting.done():
+        try:
+            return await open_attach(path)
+        except OSError:
+            await asyncio.wait({waiting}, timeout=ATTACH_POLL)
+    return None
+
+
 class RuntimeAttach:
     """runtime.attach.AsyncAttach, whose ``recv`` answers conmon's stream byte, as Docker's."""
 
@@ -554,45 +570,60 @@ class Hijack:
         """An attach before start (``docker run``, ``start -a``): the container is being created in
         runc (the preflight queued it). Answer 101 now, so the client goes on with its wait and
         start, and hold any start of this container until the attach socket is connected: the
-        create overlaps the client's next requests, and no output is lost."""
+        create overlaps the client's next requests, and no output is lost.
+
+        The socket is connected as soon as conmon serves it, without waiting for the worker's
+        answer to travel back (init-wait); that answer still decides when the socket never comes."""
         front = self.conn.front
         ref = ATTACH_RE.match(self.head.path)[1]
         refs = {ref, plan["container_id"]} | ({plan["name"]} if plan.get("name") else set())
         gate = front.open_gate(refs)
+        waiting = None
         try:
             await self.upgrade()
-            try:
-                status, _, answer = await front.internal(INIT_WAIT_PATH, self.head, {"task": plan["init_task"]},
-                                                         self.conn.peer)
-            except (OSError, ValueError, IndexError) as e:
-                status, answer = 503, json.dumps({"message": str(e)}).encode()
-            if status == 409:
-                # The create failed: the client's start (let through now) tries again and reports
-                # the error the way Docker does, on the start; this stream just ends.
-                logger.info("attach to %s: create failed: %s", plan["container_id"][:12], answer[:300])
-                return True
-            if status != 200:
-                # Not the engine's answer (Daphne, Redis or the worker did not answer): say so on the
-                # stream, as stderr, since its output would be lost.
-                logger.warning("attach to %s: init-wait answered %s: %s", plan["container_id"][:12], status,
-                               answer[:300])
-                message = (f"Berth could not attach: {_message(answer) or f'status {status}'}\r\n").encode()
-                with contextlib.suppress(Exception):
-                    self.writer.write(frame(2, message, bool(plan.get("tty"))))
-                    await self.writer.drain()
-                return True
-            try:
-                attach = await open_attach(plan["socket"])
-            except OSError as e:
-                logger.warning("attach to %s failed: %s", plan["socket"], e)
-                return True
+            waiting = spawn(front.internal(INIT_WAIT_PATH, self.head, {"task": plan["init_task"]}, self.conn.peer))
+            attach = await connect_when_there(plan["socket"], waiting) if plan.get("fresh") else None
+            if attach is None:
+                await asyncio.wait({waiting})
+                if not await self.init_succeeded(plan, waiting):
+                    return True
+                try:
+                    attach = await open_attach(plan["socket"])
+                except OSError as e:
+                    logger.warning("attach to %s failed: %s", plan["socket"], e)
+                    return True
         finally:
             front.close_gate(refs, gate)
+            if waiting is not None:
+                waiting.cancel()  # answered, or no longer needed: conmon serves the socket
         try:
             await self.relay(plan, attach, upgraded=True)
         finally:
             attach.close()
         return True
+
+    async def init_succeeded(self, plan: dict, waiting: asyncio.Task) -> bool:
+        """The worker's answer to the early create; when it failed, say so if the client would not
+        hear it otherwise."""
+        try:
+            status, _, answer = waiting.result()
+        except (OSError, ValueError, IndexError) as e:
+            status, answer = 503, json.dumps({"message": str(e)}).encode()
+        if status == 200:
+            return True
+        if status == 409:
+            # The create failed: the client's start (let through now) tries again and reports
+            # the error the way Docker does, on the start; this stream just ends.
+            logger.info("attach to %s: create failed: %s", plan["container_id"][:12], answer[:300])
+            return False
+        # Not the engine's answer (Daphne, Redis or the worker did not answer): say so on the
+        # stream, as stderr, since its output would be lost.
+        logger.warning("attach to %s: init-wait answered %s: %s", plan["container_id"][:12], status, answer[:300])
+        message = (f"Berth could not attach: {_message(answer) or f'status {status}'}\r\n").encode()
+        with contextlib.suppress(Exception):
+            self.writer.write(frame(2, message, bool(plan.get("tty"))))
+            await self.writer.drain()
+        return False
 
     async def upgrade(self) -> None:
         self.writer.write(UPGRADED if "tcp" in self.head.tokens("upgrade") else NOT_UPGRADED)

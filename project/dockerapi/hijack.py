@@ -134,7 +134,9 @@ def _attach(request, name: str, query: QueryDict):
     audit.record(request, "container.attach", services.get_container(record.id), stdin=stdin)
     return json_response({"kind": "attach", "container_id": record.id, "socket": store().attach_socket_path(record.id),
                           "tty": bool(record.config.tty), "stdin": stdin, "stdin_once": bool(record.config.stdin_once),
-                          "init_task": init_task, "name": record.name.lstrip("/")})
+                          "init_task": init_task, "name": record.name.lstrip("/"),
+                          # Never run: no conmon of an earlier run can still be serving its socket.
+                          "fresh": state == "configured"})
 
 
 def _exec(request, exec_id: str, body: dict):

@@ -138,6 +138,47 @@ def test_run_of_a_missing_command_is_127_and_rm_removes_it(docker, name):
     assert docker("inspect", "-f", "{{.State.Status}}", kept).stdout.strip() == "created"
 
 
+def _conmons_of(container_id: str) -> list[int]:
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if argv and os.path.basename(argv[0]) == b"conmon" and container_id.encode() in argv:
+            pids.append(int(pid))
+    return pids
+
+
+def _eventually(check, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_create_rm_is_made_ahead_and_leaves_nothing(docker, name):
+    """A --rm container is created in runc as soon as it is created (docker run starts it next):
+    its start then only runs runc start. It still behaves as one never started: its output is
+    all there on start -a, and removing it unstarted leaves no conmon behind."""
+    ctr = name()
+    cid = docker("create", "--rm", "--name", ctr, "busybox", "sh", "-c", "echo made ahead; exit 4").stdout.strip()
+    assert cid and _eventually(lambda: _conmons_of(cid)), "no conmon for the created --rm container"
+    assert docker("inspect", "-f", "{{.State.Status}}", ctr).stdout.strip() == "created"
+    result = docker("start", "-a", ctr)
+    assert (result.returncode, result.stdout) == (4, "made ahead\n"), result.stderr
+    assert _eventually(lambda: docker("ps", "-aq", "--filter", f"id={cid}").stdout.strip() == "")
+    unstarted = name()
+    cid = docker("create", "--rm", "--name", unstarted, "busybox", "true").stdout.strip()
+    assert _eventually(lambda: _conmons_of(cid))
+    assert docker("rm", unstarted).returncode == 0
+    assert _eventually(lambda: not _conmons_of(cid)), "conmon left behind by rm of an unstarted --rm container"
+    assert docker("ps", "-aq", "--filter", f"id={cid}").stdout.strip() == ""
+
+
 def test_run_large_output(docker):
     result = docker("run", "--rm", "busybox", "sh", "-c", "head -c 3000000 /dev/zero | tr '\\0' a; echo; echo e >&2")
     assert result.returncode == 0 and len(result.stdout) == 3000001 and result.stderr == "e\n"
