@@ -62,12 +62,12 @@ def _config_dict(config) -> dict:
     return dict(config or {})
 
 
-@transaction.atomic
 def _state_of(record) -> str:
     """An engine record's state as the rows keep it (ContainerStateChoices' value)."""
     return getattr(record.state, "value", record.state)
 
 
+@transaction.atomic
 def sync_container(record) -> Container:
     """Create or update the row of one container from the engine's record; publish its state."""
     from images.models import Image
