@@ -70,6 +70,12 @@ IPAM_DIR = "/run/berth/cni/ipam"
 _IN_MOVED_FROM = 0x00000040  # inotify: the pool keeper wakes when an entry is claimed (renamed away)
 _IN_DELETE = 0x00000200
 _IN_MOVED_TO = 0x00000080  # inotify: a release was queued (renamed into the releasing dir)
+# The keeper's CNI work (a refill's ADD, a release's DEL: tens of ms of plugin CPU each) waits until
+# the pool and the releasing dir were quiet this long, so that it does not compete with the run that
+# claimed the entry (its runc create and start) for the CPUs; at most POOL_SETTLE_MAX, and not at all
+# when the pool is empty (the next start would make its namespace itself).
+POOL_QUIET = 0.1
+POOL_SETTLE_MAX = 1.0
 NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 ISOLATION_1 = "BERTH-ISOLATION-1"
 ISOLATION_2 = "BERTH-ISOLATION-2"
@@ -1044,7 +1050,8 @@ class NetworkManager:
                             break
                         self._run_release(path)
                         self._refill_pool_async()  # a start claimed an entry meanwhile
-                    watch.wait(5.0, extra_fds=(wake_fd,))
+                    if watch.wait(5.0, extra_fds=(wake_fd,)):
+                        self._settle(watch, wake_fd)
         except Exception:
             logger.exception("the namespace pool's keeper stopped")
         finally:
@@ -1054,6 +1061,14 @@ class NetworkManager:
                 self.finish_releases()  # queued before the lock went: nobody else would run them now
             except Exception:
                 logger.exception("could not finish the queued network releases")
+
+    def _settle(self, watch, wake_fd: int) -> None:
+        """Wait until the pool and the releasing dir are quiet for POOL_QUIET (see there)."""
+        deadline = time.monotonic() + POOL_SETTLE_MAX
+        while self.pool_size > 0 and self._ready_pool():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not watch.wait(min(POOL_QUIET, remaining), extra_fds=(wake_fd,)):
+                return
 
     def _drop_keeper_lock(self) -> None:
         fd, self._keeper_fd = self._keeper_fd, -1
@@ -1392,3 +1407,4 @@ def network_settings(manager: NetworkManager, record) -> dict:
         "SecondaryIPAddresses": None, "SecondaryIPv6Addresses": None, "GlobalIPv6Address": "",
         "GlobalIPv6PrefixLen": 0, "IPv6Gateway": "", **top, "Networks": networks,
     }
+
