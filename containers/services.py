@@ -239,8 +239,8 @@ def handle_exit(container_id: str) -> Container | None:
         except NotFound:  # removed meanwhile (by the other one who saw it end, with --rm)
             forget_container(container_id)
             return None
-        if _state_of(record) != ContainerStateChoices.EXITED:
-            return sync_container(record)
+        if _state_of(record) != ContainerStateChoices.EXITED or record.restarting:
+            return sync_container(record)  # not ended, or ``docker restart`` starts it next
         if not _claim_exit(record):
             return Container.objects.filter(container_id=container_id).first()
         container = sync_container(record)
@@ -340,7 +340,7 @@ def do_action(container_id: str, action: str, **kwargs):
     try:
         getattr(engine, action)(container_id, **kwargs)
     except EngineError:
-        if action == "start":
+        if action in ("start", "restart"):
             _remove_after_failed_start(container_id)
         raise
     if action in ("start", "restart", "unpause"):

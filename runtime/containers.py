@@ -231,6 +231,9 @@ class ContainerRecord:
     boot_id: str = ""
     # stop()/kill() was asked for (Docker's HasBeenManuallyStopped, for unless-stopped).
     manually_stopped: bool = False
+    # restart() stopped it and starts it next (Docker's HasBeenManuallyRestarted): this exit is
+    # not one to act on (no --rm, no restart policy).
+    restarting: bool = False
 
     @property
     def short_id(self) -> str:
@@ -870,6 +873,7 @@ class ContainerStore:
         record.state = S.RUNNING
         record.started_at = format_time_ns(started_ns)
         record.manually_stopped = False
+        record.restarting = False
         self._write(record)
         return record
 
@@ -1034,7 +1038,7 @@ class ContainerStore:
     # Stop, kill, restart, pause
     #
 
-    def stop(self, id_or_name: str, timeout: int | None = None) -> ContainerRecord:
+    def stop(self, id_or_name: str, timeout: int | None = None, *, restarting: bool = False) -> ContainerRecord:
         """``docker stop``: RUNNING, PAUSED or CREATED -> STOPPING -> EXITED.
 
         1. Under the lock: STOPPING, then the stop signal (the option's, else the image's
@@ -1060,6 +1064,7 @@ class ContainerStore:
             was_paused, was_created = record.state is S.PAUSED, record.state is S.CREATED
             record.state = S.STOPPING
             record.manually_stopped = True
+            record.restarting = restarting
             self._write(record)
             if was_created or timeout == 0 or record.pid == 0:
                 sig = "KILL"
@@ -1105,8 +1110,15 @@ class ContainerStore:
     def restart(self, id_or_name: str, timeout: int | None = None) -> ContainerRecord:
         """``docker restart``: stop (if running), then start. RestartCount counts only the restarts
         of a restart policy (the caller's), as in Docker."""
-        record = self.stop(id_or_name, timeout)
-        return self.start(record.id)
+        record = self.stop(id_or_name, timeout, restarting=True)
+        try:
+            return self.start(record.id)
+        except BaseException:
+            with contextlib.suppress(NotFound), self._locked(record.id) as failed:
+                if failed.restarting:
+                    failed.restarting = False  # it stays stopped: its exit is an ordinary one now
+                    self._write(failed)
+            raise
 
     def pause(self, id_or_name: str) -> ContainerRecord:
         """``docker pause``: RUNNING -> PAUSED (the cgroup freezer stops every process)."""

@@ -1,0 +1,82 @@
+"""What the worker does when a container ends (containers/services.py), against real containers:
+the exit is recorded once, and --rm removes the container, except in the middle of its restart."""
+
+import io
+import json
+import os
+import shutil
+import tempfile
+
+import pytest
+
+from containers import services
+from containers.models import Container
+from project.engine import get_engine
+from runtime.containers import ContainerConfig
+from runtime.errors import EngineError, NotFound
+from runtime.starter import STARTER_CHANGES, write_rootfs
+from runtime.state import ContainerState as S
+
+
+@pytest.fixture
+def engine(settings):
+    # Under /tmp with a short name: conmon's attach socket path must fit in 107 bytes.
+    base = tempfile.mkdtemp(prefix="bs-", dir="/tmp")
+    settings.RUNTIME_ROOT, settings.RUNTIME_RUN_ROOT = f"{base}/root", f"{base}/run"
+    engine = get_engine()
+    rootfs = io.BytesIO()
+    write_rootfs(rootfs)
+    rootfs.seek(0)
+    engine.images.import_tar(rootfs, changes=STARTER_CHANGES, reference="busybox:latest")
+    yield engine
+    for record in engine.containers.list(all=True):
+        engine.containers.remove(record.id, force=True)
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def run_rm(engine, *cmd):
+    record = engine.containers.create(ContainerConfig(image="busybox", cmd=list(cmd), auto_remove=True))
+    services.sync_container(record)
+    engine.containers.start(record.id)
+    services.after_start(record.id)
+    return record.id
+
+
+def test_docker_restart_keeps_a_rm_container(db, engine):
+    """``docker restart`` of a --rm container stops it and starts it again, as Docker does: the exit
+    watcher that sees the stop's exit before the start must not remove it."""
+    cid = run_rm(engine, "sleep", "1000")
+    engine.containers.stop(cid, timeout=0, restarting=True)  # the first half of restart()
+    services.handle_exit(cid)  # the watcher, between the two halves
+    assert engine.containers.get(cid).state is S.EXITED
+    assert Container.objects.filter(container_id=cid).exists()
+    engine.containers.start(cid)  # the second half
+    assert services.after_start(cid).state == "running"
+    # Through restart() itself, with the watcher's look after it: still there, running.
+    engine.containers.restart(cid, timeout=0)
+    services.handle_exit(cid)
+    assert engine.containers.get(cid).state is S.RUNNING
+    # A plain stop is the end of it: --rm removes it.
+    engine.containers.stop(cid, timeout=0)
+    services.handle_exit(cid)
+    with pytest.raises(NotFound):
+        engine.containers.get(cid)
+    assert not Container.objects.filter(container_id=cid).exists()
+
+
+def test_a_rm_container_whose_restart_cannot_start_is_removed(db, engine):
+    """The start half fails (here its command is gone): the container is removed, as after a failed
+    start of a --rm container, rather than left exited for ever."""
+    cid = run_rm(engine, "sleep", "1000")
+    path = os.path.join(engine.containers.root, cid, "config.json")
+    with open(path) as f:
+        doc = json.load(f)
+    doc["config"]["cmd"], doc["path"], doc["args"] = ["no-such-command"], "no-such-command", []
+    with open(path + ".new", "w") as f:
+        json.dump(doc, f)
+    os.replace(path + ".new", path)
+    with pytest.raises(EngineError, match="no-such-command"):
+        services.do_action(cid, "restart", timeout=0)
+    with pytest.raises(NotFound):
+        engine.containers.get(cid)
+    assert not Container.objects.filter(container_id=cid).exists()
