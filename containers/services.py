@@ -245,7 +245,7 @@ def handle_exit(container_id: str) -> Container | None:
             return Container.objects.filter(container_id=container_id).first()
         container = sync_container(record)
     if should_restart(container):
-        tasks.restart_by_policy.apply_async((container_id,), countdown=restart_delay(container.restart_count),
+        tasks.restart_by_policy.apply_async((container_id, record.finished_at), countdown=restart_delay(container.restart_count),
                                             queue=nodes.node_queue())
     elif container.config.get("auto_remove"):
         _auto_remove(container_id)
@@ -262,13 +262,14 @@ def _claim_exit(record) -> bool:
         state=ContainerStateChoices.EXITED, finished_at=finished))
 
 
-def do_restart_by_policy(container_id: str) -> None:
-    """The restart policy's restart: count it, start again, and handle an immediate exit."""
+def do_restart_by_policy(container_id: str, finished_at: str | None = None) -> None:
+    """The restart policy's restart of the exit that ended at ``finished_at``: count it, start
+    again, and handle an immediate exit."""
     engine = engine_containers()
     container = Container.objects.filter(container_id=container_id).first()
     if container is None or container.stopped_by_user:
         return
-    record = engine.restart_by_policy(container_id)
+    record = engine.restart_by_policy(container_id, finished_at=finished_at)
     Container.objects.filter(pk=container.pk).update(restart_count=record.restart_count)
     after_start(container_id)
 

@@ -58,8 +58,8 @@ def volume_prune(filters: dict | None) -> dict:
 
 
 @shared_task
-def restart_by_policy(container_id: str) -> dict:
-    return nodes.wrap_result(services.do_restart_by_policy, container_id)
+def restart_by_policy(container_id: str, finished_at: str | None = None) -> dict:
+    return nodes.wrap_result(services.do_restart_by_policy, container_id, finished_at)
 
 
 @shared_task

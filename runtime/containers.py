@@ -848,14 +848,18 @@ class ContainerStore:
             check_state("start", record.state, record.id)
             return self._start(record)
 
-    def restart_by_policy(self, id_or_name: str) -> ContainerRecord:
+    def restart_by_policy(self, id_or_name: str, finished_at: str | None = None) -> ContainerRecord:
         """A restart policy's restart: EXITED -> RUNNING, counted in RestartCount (Docker counts
         only these). The caller decides when (policy, back-off); a container that is no longer
-        EXITED, or was stopped by a user since, is left as it is."""
+        EXITED, or was stopped by a user since, is left as it is; so is one whose exit is not the
+        one the restart was for (``finished_at``: it was started and ended again meanwhile, and
+        that exit's own restart comes)."""
         record = self._lookup(id_or_name)
         with self._locked(record.id) as record:
             self._sync(record)
             if record.state is not S.EXITED or record.manually_stopped:
+                return record
+            if finished_at is not None and record.finished_at != finished_at:
                 return record
             record.restart_count += 1
             return self._start(record)

@@ -222,6 +222,20 @@ def test_restart_gives_a_new_process(store, ctr):
     assert store.inspect(record.id)["RestartCount"] == 1
 
 
+def test_a_policy_restart_is_for_one_exit(store, ctr):
+    """A restart scheduled for one exit does nothing once the container ran and ended again since
+    (that exit's own restart comes): one restart per exit, never two."""
+    record = ctr("sh", "-c", "exit 3")
+    first = store.wait(record.id) and store.get(record.id)
+    assert store.restart_by_policy(record.id, finished_at=first.finished_at).state is S.RUNNING
+    store.wait(record.id)
+    second = store.get(record.id)
+    assert second.finished_at != first.finished_at and second.restart_count == 1
+    late = store.restart_by_policy(record.id, finished_at=first.finished_at)  # the first exit's, again
+    assert late.state is S.EXITED and late.restart_count == 1
+    assert store.restart_by_policy(record.id, finished_at=second.finished_at).restart_count == 2
+
+
 def test_an_exited_container_starts_again_and_appends_to_its_log(store, ctr):
     record = ctr("echo", "again")
     store.wait(record.id, timeout=10)
