@@ -29,10 +29,13 @@ def clean_staged_files() -> None:
 
 def worker_started() -> None:
     """1. Clean the engine's staging areas and old staged files. 2. Reconcile every app's models."""
+    from django.conf import settings
+
     from project.engine import get_engine
 
     # Two namespaces kept ready on the default network take CNI off `docker run`'s path (runtime.network).
-    get_engine().start(network_pool=2)
+    # It also answers the embedded DNS of user-defined networks (runtime/network/dns.py).
+    get_engine().start(network_pool=2, dns=settings.EMBEDDED_DNS)
     clean_staged_files()
     from containers import services as containers
     from images import services as images

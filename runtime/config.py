@@ -22,6 +22,9 @@ class RuntimeConfig:
     # aarch64) unless the image is built for a 32-bit one: ~10 ms less per runc create and exec,
     # but a 32-bit syscall from any other image kills its thread (Docker allows them). Off by default.
     seccomp_native_only: bool = False
+    # Where the embedded DNS of user-defined networks relays names it does not know ("ip" or
+    # "ip:port"); empty: the host's resolv.conf nameservers.
+    dns_upstreams: tuple[str, ...] = field(default_factory=tuple)
 
     def path(self, *parts: str) -> str:
         """Return a path under the engine root."""

@@ -40,16 +40,19 @@ class Engine:
         # runtime.network.NetworkManager: networks (``docker network``) and the containers' CNI hook.
         self.networks = self.containers.network
 
-    def start(self, network_pool: int = 0) -> None:
+    def start(self, network_pool: int = 0, dns: bool = False) -> None:
         """Drop what an interrupted process left in the staging areas (never a finished blob or layer),
         and what stopped or removed containers left in the network (leases, chains, namespaces).
-        ``network_pool``: keep that many namespaces ready on the default network (the worker's)."""
+        ``network_pool``: keep that many namespaces ready on the default network (the worker's).
+        ``dns``: answer the embedded DNS of user-defined networks from this process (the worker's)."""
         self.store.clean_tmp()
         cleanup = getattr(self.networks, "cleanup", None)
         if cleanup is not None:
             cleanup()
         if network_pool and hasattr(self.networks, "start_pool"):
             self.networks.start_pool(network_pool)
+        if dns and hasattr(self.networks, "start_dns"):
+            self.networks.start_dns()
 
     #
     # Registries

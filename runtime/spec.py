@@ -924,12 +924,14 @@ def hosts_file(hostname: str = "", *, ip: str | None = None, extra_hosts: Iterab
 
 
 def resolv_conf(host_resolv_conf: bytes | None, *, dns: Iterable[str] = (), dns_search: Iterable[str] = (),
-                dns_options: Iterable[str] = (), host_network: bool = False) -> str:
+                dns_options: Iterable[str] = (), host_network: bool = False, embedded: str | None = None) -> str:
     """The container's /etc/resolv.conf, Docker's way.
 
     From the host's file: with the host's network, as is; otherwise without nameservers on
     loopback (unreachable from another netns), falling back to Google's when none is left.
-    ``dns``/``dns_search``/``dns_options`` replace the corresponding host lines.
+    ``dns``/``dns_search``/``dns_options`` replace the corresponding host lines. ``embedded``: the
+    address of the embedded DNS of the container's user-defined network, its only nameserver
+    (with ``ndots:0``, as Docker's 127.0.0.11) unless ``dns`` names others.
     """
     text = (host_resolv_conf or b"").decode("utf-8", "replace")
     nameservers, search, options, other = [], [], [], []
@@ -948,6 +950,9 @@ def resolv_conf(host_resolv_conf: bytes | None, *, dns: Iterable[str] = (), dns_
     dns, dns_search, dns_options = list(dns), list(dns_search), list(dns_options)
     if dns:
         nameservers = dns
+    elif embedded and not host_network:
+        nameservers = [embedded]
+        options = [o for o in options if not o.startswith("ndots:")] + ["ndots:0"]
     elif not host_network:
         nameservers = [n for n in nameservers if not _is_loopback(n)] or list(DEFAULT_NAMESERVERS)
     if dns_search:

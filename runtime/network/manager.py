@@ -188,6 +188,8 @@ class NetworkManager:
         self._host_rules_done = False
         # network_id()'s answers, valid while the networks dir keeps this st_mtime_ns.
         self._id_cache: tuple[int, dict[str, str]] = (0, {})
+        self._dns = None
+        self._dns_fd = -1
         for d in (self.root, self.endpoints_dir, self.pool_dir, self.release_dir):
             os.makedirs(d, mode=0o700, exist_ok=True)
         _MANAGERS.add(self)
@@ -939,6 +941,96 @@ class NetworkManager:
         if own_aliases and self.address(record):
             text = text.rstrip("\n") + " " + " ".join(dict.fromkeys(own_aliases)) + "\n"
         return text
+
+    #
+    # The embedded DNS (runtime/network/dns.py)
+    #
+
+    def start_dns(self, port: int = 53) -> None:
+        """Answer DNS on every user-defined network's gateway from this process (the worker's)."""
+        from .dns import DnsServer
+
+        if self._dns is not None:
+            return
+        fd = os.open(os.path.join(self.root, ".dns"), os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            logger.warning("dns: another process answers for %s already", self.root)
+            return
+        self._dns_fd = fd
+        self._dns = DnsServer(self._dns_networks, self.dns_lookup, self._dns_upstreams, port=port,
+                              on_bound=self._dns_bound)
+        self._dns.start()
+
+    def stop_dns(self) -> None:
+        dns, self._dns = self._dns, None
+        if dns is not None:
+            dns.stop()
+        fd, self._dns_fd = self._dns_fd, -1
+        if fd >= 0:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(self.root, ".dns-gateways"))
+            os.close(fd)
+
+    def _dns_networks(self) -> dict[str, tuple[str, bool]]:
+        out = {}
+        for doc in self._stored():
+            if doc["Name"] in PREDEFINED:
+                continue
+            for config in (doc.get("IPAM") or {}).get("Config") or []:
+                if config.get("Gateway"):
+                    out[config["Gateway"]] = (doc["Name"], bool(doc.get("Internal")))
+        return out
+
+    def _dns_bound(self, gateways: list[str]) -> None:
+        _write_json(os.path.join(self.root, ".dns-gateways"), {"gateways": sorted(gateways)})
+
+    def _dns_upstreams(self) -> list[str]:
+        from .dns import host_upstreams
+
+        return list(getattr(self.config, "dns_upstreams", ()) or ()) or host_upstreams()
+
+    def dns_lookup(self, network: str, name: str) -> list[str]:
+        """The addresses on ``network`` of the running containers called ``name`` there: their
+        name, a network alias, their id or short id (case does not matter, as in DNS)."""
+        name = name.rstrip(".").lower()
+        out = []
+        for ep in self._endpoints():
+            att = (ep.get("attachments") or {}).get(network)
+            if not att or not att.get("ip"):
+                continue
+            aliases = (ep.get("networks", {}).get(network) or {}).get("aliases") or []
+            names = {ep.get("name", "").lstrip("/").lower(), ep["id"], ep["id"][:12], *(a.lower() for a in aliases)}
+            if name in names:
+                out.append(att["ip"])
+        return out
+
+    def nameserver(self, record) -> str | None:
+        """The embedded DNS's address for the container's resolv.conf: the gateway of its first
+        user-defined network, when the DNS answers there; else None (the host's resolvers)."""
+        ep = self._load_endpoint(record.id) or {}
+        gateways = [a.get("gateway") for n, a in (ep.get("attachments") or {}).items()
+                    if n not in PREDEFINED and a.get("gateway")]
+        if not gateways or not self._dns_answers():
+            return None
+        bound = set((_read_json(os.path.join(self.root, ".dns-gateways")) or {}).get("gateways") or [])
+        return next((g for g in gateways if g in bound), None)
+
+    def _dns_answers(self) -> bool:
+        """True while some process holds ``.dns`` (start_dns): the lock goes with that process."""
+        try:
+            fd = os.open(os.path.join(self.root, ".dns"), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
 
     def env(self, record) -> list[str]:
         """Docker's link variables for each ``--link``."""

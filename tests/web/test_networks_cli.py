@@ -2,11 +2,13 @@
 
 import ipaddress
 import json
+import os
 import time
 import uuid
 
 import pytest
 
+from tests.support.dns import StubDns
 from tests.support.net import SERVE, fetch, free_port
 
 pytestmark = pytest.mark.live
@@ -50,6 +52,45 @@ def test_user_networks_resolve_names_and_stay_apart(docker):
     docker("rm", "-f", f"srv-{tag}", f"cli-{tag}", f"far-{tag}")
     docker("network", "rm", net, other)
     assert net not in docker("network", "ls", "--format", "{{.Name}}").stdout
+
+
+@pytest.fixture
+def upstream_dns():
+    """The stub the embedded DNS relays unknown names to (BERTH_DNS_UPSTREAMS, tests/settings.py)."""
+    stub = StubDns(os.environ["BERTH_TEST_DNS_UPSTREAM"], {"outside.test": "192.0.2.10"})
+    stub.start()
+    yield stub
+    stub.stop()
+
+
+def test_the_embedded_dns_answers_names_and_aliases_and_relays_the_rest(docker, upstream_dns):
+    """On a user-defined network a container's nameserver is Berth's DNS on the gateway: it answers
+    the members' names, aliases and short ids (what nslookup and dig ask, not /etc/hosts), and
+    relays other names upstream; the default bridge keeps the host's resolvers."""
+    tag = uuid.uuid4().hex[:6]
+    net, srv = f"dns-{tag}", f"srv-{tag}"
+    docker("network", "create", net)
+    sid = docker("run", "-d", "--name", srv, "--network", net, "--network-alias", f"alias-{tag}", "busybox",
+                 "sleep", "300").stdout.strip()
+    inspect = json.loads(docker("inspect", srv).stdout)[0]
+    ip = inspect["NetworkSettings"]["Networks"][net]["IPAddress"]
+    gateway = inspect["NetworkSettings"]["Networks"][net]["Gateway"]
+    script = (f"cat /etc/resolv.conf; for n in {srv} ALIAS-{tag} {sid[:12]} outside.test nowhere-{tag}.test; "
+              f"do echo \"== $n\"; nslookup -type=a $n; done")
+    out = docker("run", "--rm", "--network", net, "busybox", "sh", "-c", script, check=False).stdout
+    resolv, _, answers = out.partition("== ")
+    assert f"nameserver {gateway}" in resolv and "ndots:0" in resolv, out
+    found = {}
+    for block in ("== " + answers).split("== ")[1:]:
+        name, _, rest = block.partition("\n")
+        found[name] = [line.split()[-1] for line in rest.splitlines()[2:] if line.startswith("Address")]
+    assert found[srv] == [ip] and found[f"ALIAS-{tag}"] == [ip] and found[sid[:12]] == [ip], out
+    assert found["outside.test"] == ["192.0.2.10"] and "outside.test" in upstream_dns.asked, out
+    assert found[f"nowhere-{tag}.test"] == [] and "NXDOMAIN" in out, out
+    bridge = docker("run", "--rm", "busybox", "cat", "/etc/resolv.conf").stdout
+    assert f"nameserver {gateway}" not in bridge and "ndots:0" not in bridge, bridge
+    docker("rm", "-f", srv)
+    docker("network", "rm", net)
 
 
 def test_run_with_a_fixed_address_and_a_network_alias(docker):
