@@ -29,6 +29,8 @@ from typing import Callable, Iterable
 logger = logging.getLogger(__name__)
 
 IP_FREEBIND = 15
+_IN_DELETE = 0x00000200
+_IN_MOVED_FROM = 0x00000040
 TTL = 600
 UPSTREAM_TIMEOUT = 3.0
 MAX_QUERY = 4096
@@ -107,10 +109,13 @@ class DnsServer(threading.Thread):
 
     def __init__(self, networks: Callable[[], dict[str, tuple[str, bool]]],
                  lookup: Callable[[str, str], list[str]], upstreams: Callable[[], list[str]],
-                 port: int = 53, refresh: float = 1.0, on_bound: Callable[[list[str]], None] | None = None):
+                 port: int = 53, refresh: float = 1.0, on_bound: Callable[[list[str]], None] | None = None,
+                 watch_dir: str | None = None):
         super().__init__(name="berth-dns", daemon=True)
         self.networks, self.lookup, self.upstreams = networks, lookup, upstreams
         self.on_bound = on_bound
+        # Where networks are created and removed: a change there rebinds at once, not at the next refresh.
+        self.watch_dir = watch_dir
         self.port, self.refresh = port, refresh
         self.sockets: dict[str, tuple[socket.socket, str, bool]] = {}
         self.stopping = threading.Event()
@@ -125,6 +130,11 @@ class DnsServer(threading.Thread):
         self.join(5)
 
     def run(self) -> None:
+        from runtime.monitor import IN_CLOSE_WRITE, IN_MOVED_TO, FileWatch
+
+        watch = None
+        if self.watch_dir:
+            watch = FileWatch([(self.watch_dir, IN_MOVED_TO | IN_CLOSE_WRITE | _IN_DELETE | _IN_MOVED_FROM)])
         try:
             while not self.stopping.is_set():
                 try:
@@ -132,11 +142,16 @@ class DnsServer(threading.Thread):
                 except Exception:
                     logger.exception("dns: could not look at the networks")
                 by_fd = {s.fileno(): (s, name, internal) for s, name, internal in self.sockets.values()}
-                ready, _, _ = select.select([*by_fd, self._wake_r.fileno()], [], [], self.refresh)
+                extra = [watch.fd] if watch is not None else []
+                ready, _, _ = select.select([*by_fd, self._wake_r.fileno(), *extra], [], [], self.refresh)
                 for fd in ready:
                     if fd in by_fd:
                         self._serve(*by_fd[fd])
+                    elif watch is not None and fd == watch.fd:
+                        watch.wait(0)  # drains it; the loop rebinds
         finally:
+            if watch is not None:
+                watch.close()
             for sock, _, _ in self.sockets.values():
                 sock.close()
             self.sockets.clear()

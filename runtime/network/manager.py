@@ -75,6 +75,7 @@ _IN_MOVED_TO = 0x00000080  # inotify: a release was queued (renamed into the rel
 # claimed the entry (its runc create and start) for the CPUs; at most POOL_SETTLE_MAX, and not at all
 # when the pool is empty (the next start would make its namespace itself).
 POOL_QUIET = 0.1
+DNS_BIND_WAIT = 0.5
 POOL_SETTLE_MAX = 1.0
 NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 ISOLATION_1 = "BERTH-ISOLATION-1"
@@ -961,7 +962,7 @@ class NetworkManager:
             return
         self._dns_fd = fd
         self._dns = DnsServer(self._dns_networks, self.dns_lookup, self._dns_upstreams, port=port,
-                              on_bound=self._dns_bound)
+                              on_bound=self._dns_bound, watch_dir=self.root)
         self._dns.start()
 
     def stop_dns(self) -> None:
@@ -1015,8 +1016,14 @@ class NetworkManager:
                     if n not in PREDEFINED and a.get("gateway")]
         if not gateways or not self._dns_answers():
             return None
-        bound = set((_read_json(os.path.join(self.root, ".dns-gateways")) or {}).get("gateways") or [])
-        return next((g for g in gateways if g in bound), None)
+        # A network made a moment ago: the DNS binds its gateway as soon as it sees the network's file.
+        deadline = time.monotonic() + DNS_BIND_WAIT
+        while True:
+            bound = set((_read_json(os.path.join(self.root, ".dns-gateways")) or {}).get("gateways") or [])
+            found = next((g for g in gateways if g in bound), None)
+            if found or time.monotonic() > deadline:
+                return found
+            time.sleep(0.01)
 
     def _dns_answers(self) -> bool:
         """True while some process holds ``.dns`` (start_dns): the lock goes with that process."""

@@ -89,8 +89,18 @@ def test_the_embedded_dns_answers_names_and_aliases_and_relays_the_rest(docker, 
     assert found[f"nowhere-{tag}.test"] == [] and "NXDOMAIN" in out, out
     bridge = docker("run", "--rm", "busybox", "cat", "/etc/resolv.conf").stdout
     assert f"nameserver {gateway}" not in bridge and "ndots:0" not in bridge, bridge
+    # An internal network has no way out: its members answer, other names are refused, not relayed.
+    inner = f"inner-{tag}"
+    docker("network", "create", "--internal", inner)
+    docker("network", "connect", inner, srv)
+    asked = len(upstream_dns.asked)
+    out = docker("run", "--rm", "--network", inner, "busybox", "sh", "-c",
+                 f"nslookup -type=a {srv}; nslookup -type=a outside.test", check=False).stdout
+    inner_ip = json.loads(docker("inspect", srv).stdout)[0]["NetworkSettings"]["Networks"][inner]["IPAddress"]
+    assert f"Address: {inner_ip}" in out and "REFUSED" in out and "192.0.2.10" not in out, out
+    assert len(upstream_dns.asked) == asked
     docker("rm", "-f", srv)
-    docker("network", "rm", net)
+    docker("network", "rm", net, inner)
 
 
 def test_run_with_a_fixed_address_and_a_network_alias(docker):
