@@ -122,6 +122,23 @@ def _read_json(path: str):
         return None
 
 
+def _locked_elsewhere(path: str, probe: int) -> bool:
+    """Whether another open file holds a flock on ``path`` that conflicts with ``probe`` (LOCK_SH
+    finds an exclusive holder, LOCK_EX any holder). The kernel drops a lock with its process; the
+    probe's own lock goes at once."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False  # no file: nobody holds it
+    try:
+        fcntl.flock(fd, probe | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
 def iptables(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     proc = subprocess.run(["iptables", "-w", *args], capture_output=True, text=True, timeout=60)
     if check and proc.returncode != 0:
@@ -776,17 +793,7 @@ class NetworkManager:
         flock on ``releasing/.keeper``; the kernel drops it when that process dies)."""
         if self._keeper_fd >= 0:
             return True
-        try:
-            fd = os.open(os.path.join(self.release_dir, ".keeper"), os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except OSError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)  # also drops the lock taken just now
-        return False
+        return _locked_elsewhere(os.path.join(self.release_dir, ".keeper"), fcntl.LOCK_EX)
 
     def forget(self, cid: str) -> None:
         """Drop the network memberships of a removed container."""
@@ -1027,17 +1034,7 @@ class NetworkManager:
 
     def _dns_answers(self) -> bool:
         """True while some process holds ``.dns`` (start_dns): the lock goes with that process."""
-        try:
-            fd = os.open(os.path.join(self.root, ".dns"), os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)
-        return False
+        return _locked_elsewhere(os.path.join(self.root, ".dns"), fcntl.LOCK_SH)
 
     def env(self, record) -> list[str]:
         """Docker's link variables for each ``--link``."""

@@ -1,7 +1,6 @@
 """What the worker does when a container ends (containers/services.py), against real containers:
 the exit is recorded once, and --rm removes the container, except in the middle of its restart."""
 
-import io
 import json
 import os
 import shutil
@@ -14,8 +13,8 @@ from containers.models import Container
 from project.engine import get_engine
 from runtime.containers import ContainerConfig
 from runtime.errors import EngineError, NotFound
-from runtime.starter import STARTER_CHANGES, write_rootfs
 from runtime.state import ContainerState as S
+from tests.support.starter import import_busybox
 
 
 @pytest.fixture
@@ -24,10 +23,7 @@ def engine(settings):
     base = tempfile.mkdtemp(prefix="bs-", dir="/tmp")
     settings.RUNTIME_ROOT, settings.RUNTIME_RUN_ROOT = f"{base}/root", f"{base}/run"
     engine = get_engine()
-    rootfs = io.BytesIO()
-    write_rootfs(rootfs)
-    rootfs.seek(0)
-    engine.images.import_tar(rootfs, changes=STARTER_CHANGES, reference="busybox:latest")
+    import_busybox(engine)
     yield engine
     for record in engine.containers.list(all=True):
         engine.containers.remove(record.id, force=True)

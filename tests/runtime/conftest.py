@@ -8,7 +8,6 @@ names its temp dir with ``ENGINE_DIR_PREFIX`` (``bt-`` by default), and may over
 ``engine``, ``store`` or ``ctr`` (test_fsops, test_pull, test_push, test_store) use theirs.
 """
 
-import io
 import os
 import shutil
 import tempfile
@@ -19,7 +18,7 @@ from runtime.config import RuntimeConfig
 from runtime.containers import ContainerConfig
 from runtime.engine import Engine
 from runtime.errors import NotFound
-from runtime.starter import STARTER_CHANGES, write_rootfs
+from tests.support.starter import import_busybox
 
 
 @pytest.fixture(scope="module")
@@ -39,10 +38,7 @@ def engine(base):
     """
     config = RuntimeConfig(root=os.path.join(base, "root"), run_root=os.path.join(base, "run"))
     engine = Engine(config)
-    rootfs = io.BytesIO()
-    write_rootfs(rootfs)
-    rootfs.seek(0)
-    engine.images.import_tar(rootfs, changes=STARTER_CHANGES, reference="busybox:latest")
+    import_busybox(engine)
     yield engine
     for record in engine.containers.list(all=True):
         engine.containers.remove(record.id, force=True)
