@@ -1,6 +1,7 @@
 """Fixtures shared by the whole suite: the live stack, a real browser, a real registry with test images."""
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -227,3 +228,18 @@ def unique_image(registry, tmp_path):
         return image
 
     return make
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """A passing session removes its private dir (engine root, database, logs); a failing one keeps
+    it for its logs, and so does one that left a mount inside it (a leak to look at), with a word."""
+    path = os.environ.get("BERTH_TEST_DIR", "")
+    if exitstatus != 0 or not os.path.basename(path).startswith("berth-test-") or os.environ.get("BERTH_KEEP_TEST_DIR"):
+        return
+    with open("/proc/self/mountinfo") as f:
+        leaked = [line.split()[4] for line in f if line.split()[4].startswith(path + "/")]
+    if leaked:
+        session.config.get_terminal_writer().line(f"{len(leaked)} mounts left under {path} (kept): {leaked[:3]}",
+                                                  yellow=True)
+        return
+    shutil.rmtree(path, ignore_errors=True)
