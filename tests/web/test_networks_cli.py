@@ -69,38 +69,40 @@ def test_the_embedded_dns_answers_names_and_aliases_and_relays_the_rest(docker, 
     relays other names upstream; the default bridge keeps the host's resolvers."""
     tag = uuid.uuid4().hex[:6]
     net, srv = f"dns-{tag}", f"srv-{tag}"
-    docker("network", "create", net)
-    sid = docker("run", "-d", "--name", srv, "--network", net, "--network-alias", f"alias-{tag}", "busybox",
-                 "sleep", "300").stdout.strip()
-    inspect = json.loads(docker("inspect", srv).stdout)[0]
-    ip = inspect["NetworkSettings"]["Networks"][net]["IPAddress"]
-    gateway = inspect["NetworkSettings"]["Networks"][net]["Gateway"]
-    script = (f"cat /etc/resolv.conf; for n in {srv} ALIAS-{tag} {sid[:12]} outside.test nowhere-{tag}.test; "
-              f"do echo \"== $n\"; nslookup -type=a $n; done")
-    out = docker("run", "--rm", "--network", net, "busybox", "sh", "-c", script, check=False).stdout
-    resolv, _, answers = out.partition("== ")
-    assert f"nameserver {gateway}" in resolv and "ndots:0" in resolv, out
-    found = {}
-    for block in ("== " + answers).split("== ")[1:]:
-        name, _, rest = block.partition("\n")
-        found[name] = [line.split()[-1] for line in rest.splitlines()[2:] if line.startswith("Address")]
-    assert found[srv] == [ip] and found[f"ALIAS-{tag}"] == [ip] and found[sid[:12]] == [ip], out
-    assert found["outside.test"] == ["192.0.2.10"] and "outside.test" in upstream_dns.asked, out
-    assert found[f"nowhere-{tag}.test"] == [] and "NXDOMAIN" in out, out
-    bridge = docker("run", "--rm", "busybox", "cat", "/etc/resolv.conf").stdout
-    assert f"nameserver {gateway}" not in bridge and "ndots:0" not in bridge, bridge
-    # An internal network has no way out: its members answer, other names are refused, not relayed.
     inner = f"inner-{tag}"
-    docker("network", "create", "--internal", inner)
-    docker("network", "connect", inner, srv)
-    asked = len(upstream_dns.asked)
-    out = docker("run", "--rm", "--network", inner, "busybox", "sh", "-c",
-                 f"nslookup -type=a {srv}; nslookup -type=a outside.test", check=False).stdout
-    inner_ip = json.loads(docker("inspect", srv).stdout)[0]["NetworkSettings"]["Networks"][inner]["IPAddress"]
-    assert f"Address: {inner_ip}" in out and "REFUSED" in out and "192.0.2.10" not in out, out
-    assert len(upstream_dns.asked) == asked
-    docker("rm", "-f", srv)
-    docker("network", "rm", net, inner)
+    try:
+        docker("network", "create", net)
+        sid = docker("run", "-d", "--name", srv, "--network", net, "--network-alias", f"alias-{tag}", "busybox",
+                     "sleep", "300").stdout.strip()
+        inspect = json.loads(docker("inspect", srv).stdout)[0]
+        ip = inspect["NetworkSettings"]["Networks"][net]["IPAddress"]
+        gateway = inspect["NetworkSettings"]["Networks"][net]["Gateway"]
+        script = (f"cat /etc/resolv.conf; for n in {srv} ALIAS-{tag} {sid[:12]} outside.test nowhere-{tag}.test; "
+                  f"do echo \"== $n\"; nslookup -type=a $n; done")
+        out = docker("run", "--rm", "--network", net, "busybox", "sh", "-c", script, check=False).stdout
+        resolv, _, answers = out.partition("== ")
+        assert f"nameserver {gateway}" in resolv and "ndots:0" in resolv, out
+        found = {}
+        for block in ("== " + answers).split("== ")[1:]:
+            name, _, rest = block.partition("\n")
+            found[name] = [line.split()[-1] for line in rest.splitlines()[2:] if line.startswith("Address")]
+        assert found[srv] == [ip] and found[f"ALIAS-{tag}"] == [ip] and found[sid[:12]] == [ip], out
+        assert found["outside.test"] == ["192.0.2.10"] and "outside.test" in upstream_dns.asked, out
+        assert found[f"nowhere-{tag}.test"] == [] and "NXDOMAIN" in out, out
+        bridge = docker("run", "--rm", "busybox", "cat", "/etc/resolv.conf").stdout
+        assert f"nameserver {gateway}" not in bridge and "ndots:0" not in bridge, bridge
+        # An internal network has no way out: its members answer, other names are refused, not relayed.
+        docker("network", "create", "--internal", inner)
+        docker("network", "connect", inner, srv)
+        asked = len(upstream_dns.asked)
+        out = docker("run", "--rm", "--network", inner, "busybox", "sh", "-c",
+                     f"nslookup -type=a {srv}; nslookup -type=a outside.test", check=False).stdout
+        inner_ip = json.loads(docker("inspect", srv).stdout)[0]["NetworkSettings"]["Networks"][inner]["IPAddress"]
+        assert f"Address: {inner_ip}" in out and "REFUSED" in out and "192.0.2.10" not in out, out
+        assert len(upstream_dns.asked) == asked
+    finally:
+        docker("rm", "-f", srv, check=False)
+        docker("network", "rm", net, inner, check=False)
 
 
 def test_run_with_a_fixed_address_and_a_network_alias(docker):
