@@ -22,9 +22,12 @@ def on_worker_ready(**kwargs):
 
 @worker_shutdown.connect
 def on_worker_shutdown(**kwargs):
-    """At worker stop: give back the pre-networked namespaces (their leases and veths)."""
+    """At worker stop: give back the pre-networked namespaces (their leases and veths), and stop
+    the embedded DNS (its nat redirections go with it)."""
     from project.engine import get_engine
 
     networks = getattr(get_engine(), "networks", None)
     if networks is not None and hasattr(networks, "stop_pool"):
         networks.stop_pool()
+    if networks is not None and hasattr(networks, "stop_dns"):
+        networks.stop_dns()

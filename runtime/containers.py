@@ -1005,7 +1005,7 @@ class ContainerStore:
             address = getattr(self.network, "address", lambda r: None)(record)
             hosts = oci_spec.hosts_file(config.hostname, ip=address, extra_hosts=config.extra_hosts,
                                         domainname=config.domainname)
-        embedded = None if host_network else getattr(self.network, "nameserver", lambda r: None)(record)
+        embedded = None if host_network or config.dns else getattr(self.network, "nameserver", lambda r: None)(record)
         resolv = oci_spec.resolv_conf(_read_host_file("/etc/resolv.conf"), dns=config.dns,
                                       dns_search=config.dns_search, dns_options=config.dns_options,
                                       host_network=host_network, embedded=embedded)

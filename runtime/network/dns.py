@@ -1,24 +1,31 @@
 """The embedded DNS of user-defined networks: containers find each other by name with DNS too.
 
 Docker answers on 127.0.0.11 inside each container; Berth answers, as Podman's aardvark-dns does,
-on each user-defined network's gateway address (on the host, one UDP socket per network, bound
-with IP_FREEBIND so the bridge need not exist yet). A container on such a network gets that
-address as its nameserver (``NetworkManager.nameserver``). For a query that arrives on a
-network's socket:
+on each user-defined network's gateway address. For each such network the worker's main process
+holds a UDP socket on ``<gateway>:<a free port>`` (IP_FREEBIND: the bridge need not exist yet),
+and a nat rule sends what arrives from the network's bridge for ``<gateway>:53`` there
+(``NetworkManager.start_dns``): nothing is bound on port 53 itself, so a container may publish
+53 and a host DNS server may own it. A container on such a network gets that gateway as its
+nameserver (``NetworkManager.nameserver``).
 
-- a name (or alias, or short id) of a running container attached to that network: its address
-  on that network (A; other types get an empty answer, so resolvers do not wait);
+A query is answered only when it came in on that network's bridge (IP_PKTINFO) from an address of
+the network that is a container's there (``NetworkManager.dns_answer``); anything else gets no
+answer. Then:
+
+- a name (or alias, or short id) of a running container on one of the asking container's user
+  networks: its address there (the network the query came on first); A only, other types get an
+  empty answer so resolvers do not wait;
 - any other name: relayed to the upstream resolvers (the host's, or RuntimeConfig.dns_upstreams)
-  and their answer relayed back; an internal network answers REFUSED instead, as it has no way out.
+  and their answer relayed back, at most MAX_RELAYS at once (SERVFAIL beyond); a container whose
+  networks are all internal gets REFUSED instead, as it has no way out.
 
 /etc/hosts keeps the same names (getaddrinfo reads it first); the DNS is for what asks a DNS
-server directly (nslookup, dig, resolvers of their own). It runs in the worker's main process
-next to the namespace pool (``NetworkManager.start_dns``), which holds ``<root>/.dns`` locked so
-that the processes writing containers' resolv.conf know it answers.
+server directly (nslookup, dig, resolvers of their own). UDP only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import select
 import socket
@@ -29,6 +36,8 @@ from typing import Callable, Iterable
 logger = logging.getLogger(__name__)
 
 IP_FREEBIND = 15
+IP_PKTINFO = 8
+MAX_RELAYS = 32
 _IN_DELETE = 0x00000200
 _IN_MOVED_FROM = 0x00000040
 TTL = 600
@@ -103,127 +112,172 @@ def parse_upstream(text: str) -> tuple[str, int]:
 
 
 class DnsServer(threading.Thread):
-    """Answers on the gateways ``networks()`` gives: {gateway: (network name, internal)}; the
-    addresses of a name come from ``lookup(network name, name)``. Looks for new and removed
-    networks every ``refresh`` seconds."""
+    """Answers for the networks ``networks()`` gives: {name: (gateway, bridge)}; ``answer(network,
+    name, source)`` says what: (addresses, may_relay), or None for no answer at all. ``on_bound``
+    gets {network: (gateway, port, bridge)} whenever the sockets change. Looks at the networks
+    every ``refresh`` seconds, and at once when ``watch_dir`` changes."""
 
-    def __init__(self, networks: Callable[[], dict[str, tuple[str, bool]]],
-                 lookup: Callable[[str, str], list[str]], upstreams: Callable[[], list[str]],
-                 port: int = 53, refresh: float = 1.0, on_bound: Callable[[list[str]], None] | None = None,
+    def __init__(self, networks: Callable[[], dict[str, tuple[str, str]]],
+                 answer: Callable[[str, str, str], tuple[list[str], bool] | None],
+                 upstreams: Callable[[], list[str]], *, refresh: float = 1.0,
+                 on_bound: Callable[[dict[str, tuple[str, int, str]]], None] | None = None,
                  watch_dir: str | None = None):
         super().__init__(name="berth-dns", daemon=True)
-        self.networks, self.lookup, self.upstreams = networks, lookup, upstreams
-        self.on_bound = on_bound
-        # Where networks are created and removed: a change there rebinds at once, not at the next refresh.
-        self.watch_dir = watch_dir
-        self.port, self.refresh = port, refresh
-        self.sockets: dict[str, tuple[socket.socket, str, bool]] = {}
+        self.networks, self.answer, self.upstreams = networks, answer, upstreams
+        self.on_bound, self.refresh, self.watch_dir = on_bound, refresh, watch_dir
+        self.sockets: dict[str, tuple[socket.socket, str, str]] = {}  # network -> (socket, gateway, bridge)
         self.stopping = threading.Event()
+        self.relays = threading.BoundedSemaphore(MAX_RELAYS)
         self._wake_r, self._wake_w = socket.socketpair()
+        self._ifindex: dict[str, int] = {}
 
     def stop(self) -> None:
         self.stopping.set()
-        try:
+        with contextlib.suppress(OSError):
             self._wake_w.send(b"x")
-        except OSError:
-            pass
         self.join(5)
+
+    def close_after_fork(self) -> None:
+        """In a forked child: drop the copies of the sockets (the parent keeps serving)."""
+        for sock, _, _ in self.sockets.values():
+            sock.close()
+        self.sockets = {}
+        self._wake_r.close()
+        self._wake_w.close()
 
     def run(self) -> None:
         from runtime.monitor import IN_CLOSE_WRITE, IN_MOVED_TO, FileWatch
 
         watch = None
-        if self.watch_dir:
-            watch = FileWatch([(self.watch_dir, IN_MOVED_TO | IN_CLOSE_WRITE | _IN_DELETE | _IN_MOVED_FROM)])
         try:
+            if self.watch_dir:
+                watch = FileWatch([(self.watch_dir, IN_MOVED_TO | IN_CLOSE_WRITE | _IN_DELETE | _IN_MOVED_FROM)])
             while not self.stopping.is_set():
                 try:
-                    self._bind_all()
-                except Exception:
-                    logger.exception("dns: could not look at the networks")
-                by_fd = {s.fileno(): (s, name, internal) for s, name, internal in self.sockets.values()}
-                extra = [watch.fd] if watch is not None else []
-                ready, _, _ = select.select([*by_fd, self._wake_r.fileno(), *extra], [], [], self.refresh)
-                for fd in ready:
-                    if fd in by_fd:
-                        self._serve(*by_fd[fd])
-                    elif watch is not None and fd == watch.fd:
-                        watch.wait(0)  # drains it; the loop rebinds
+                    self._pass(watch)
+                except Exception:  # one bad pass must not end the DNS: every container would lose it
+                    logger.exception("dns: pass failed")
+                    self.stopping.wait(0.1)
         finally:
             if watch is not None:
                 watch.close()
             for sock, _, _ in self.sockets.values():
                 sock.close()
             self.sockets.clear()
+            if self.on_bound is not None:
+                with contextlib.suppress(Exception):
+                    self.on_bound({})
             self._wake_r.close()
             self._wake_w.close()
 
+    def _pass(self, watch) -> None:
+        self._bind_all()
+        poller = select.poll()
+        by_fd = {}
+        for network, (sock, _, bridge) in self.sockets.items():
+            by_fd[sock.fileno()] = (sock, network, bridge)
+            poller.register(sock, select.POLLIN)
+        poller.register(self._wake_r, select.POLLIN)
+        if watch is not None:
+            poller.register(watch.fd, select.POLLIN)
+        for fd, _ in poller.poll(self.refresh * 1000):
+            if fd in by_fd:
+                self._serve(*by_fd[fd])
+            elif watch is not None and fd == watch.fd:
+                watch.wait(0)  # drains it; the next pass rebinds
+
     def _bind_all(self) -> None:
-        before = set(self.sockets)
-        self._rebind(self.networks())
-        if self.on_bound is not None and (set(self.sockets) != before or not self._told):
-            self.on_bound(list(self.sockets))
-            self._told = True
-
-    _told = False
-
-    def _rebind(self, wanted: dict[str, tuple[str, bool]]) -> None:
-        for gateway in [g for g in self.sockets if g not in wanted or self.sockets[g][1:] != wanted[g]]:
-            self.sockets.pop(gateway)[0].close()
-        for gateway, (name, internal) in wanted.items():
-            if gateway in self.sockets:
+        wanted = self.networks()
+        changed = not self._told
+        for network in [n for n in self.sockets if wanted.get(n) != self.sockets[n][1:]]:
+            self.sockets.pop(network)[0].close()
+            changed = True
+        for network, (gateway, bridge) in wanted.items():
+            if network in self.sockets:
                 continue
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             try:
                 sock.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)
-                sock.bind((gateway, self.port))
+                sock.setsockopt(socket.SOL_IP, IP_PKTINFO, 1)
+                sock.bind((gateway, 0))
             except OSError as e:
                 sock.close()
-                logger.warning("dns: cannot answer on %s:%d for network %s: %s", gateway, self.port, name, e)
+                logger.warning("dns: cannot answer on %s for network %s: %s", gateway, network, e)
                 continue
             sock.setblocking(False)
-            self.sockets[gateway] = (sock, name, internal)
+            self.sockets[network] = (sock, gateway, bridge)
+            changed = True
+        if changed and self.on_bound is not None:
+            self.on_bound({n: (g, s.getsockname()[1], b) for n, (s, g, b) in self.sockets.items()})
+            self._told = True
 
-    def _serve(self, sock: socket.socket, network: str, internal: bool) -> None:
+    _told = False
+
+    def _arrived_on(self, ancdata, bridge: str) -> bool:
+        for level, kind, data in ancdata:
+            if level == socket.SOL_IP and kind == IP_PKTINFO and len(data) >= 4:
+                ifindex = struct.unpack("i", data[:4])[0]
+                if bridge not in self._ifindex or self._ifindex[bridge] != ifindex:
+                    try:
+                        self._ifindex[bridge] = socket.if_nametoindex(bridge)
+                    except OSError:
+                        return False
+                return self._ifindex[bridge] == ifindex
+        return False
+
+    def _serve(self, sock: socket.socket, network: str, bridge: str) -> None:
         try:
-            data, peer = sock.recvfrom(MAX_QUERY)
+            data, ancdata, _, peer = sock.recvmsg(MAX_QUERY, socket.CMSG_SPACE(12))
         except OSError:
             return
+        if not self._arrived_on(ancdata, bridge):
+            return  # not from this network's bridge: not ours to answer
         try:
             query = Query(data)
         except ValueError:
             return  # not a question we can answer: no answer, as for garbage
         try:
-            addresses = self.lookup(network, query.name)
+            verdict = self.answer(network, query.name, peer[0])
         except Exception:
             logger.exception("dns: lookup of %r on %s failed", query.name, network)
             self._send(sock, query.answer(rcode=RCODE_SERVFAIL), peer)
             return
+        if verdict is None:
+            return  # not a container of this network
+        addresses, may_relay = verdict
         if addresses:
             self._send(sock, query.answer(addresses), peer)
-        elif internal:
+        elif not may_relay:
             self._send(sock, query.answer(rcode=RCODE_REFUSED), peer)
+        elif not self.relays.acquire(blocking=False):
+            self._send(sock, query.answer(rcode=RCODE_SERVFAIL), peer)  # too many at once
         else:
-            threading.Thread(target=self._relay, args=(sock, data, query, peer), daemon=True,
-                             name="berth-dns-relay").start()
+            try:
+                threading.Thread(target=self._relay, args=(sock, data, query, peer), daemon=True,
+                                 name="berth-dns-relay").start()
+            except RuntimeError:
+                self.relays.release()
+                self._send(sock, query.answer(rcode=RCODE_SERVFAIL), peer)
 
     def _relay(self, sock: socket.socket, data: bytes, query: Query, peer) -> None:
         """Ask each upstream in turn; relay the first answer (whatever its code)."""
-        for upstream in self.upstreams():
-            host, port = parse_upstream(upstream)
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as out:
-                out.settimeout(UPSTREAM_TIMEOUT)
+        try:
+            for upstream in self.upstreams():
                 try:
-                    out.connect((host, port))
-                    out.send(data)
-                    while True:
-                        answer = out.recv(65535)
-                        if answer[:2] == data[:2]:
-                            self._send(sock, answer, peer)
-                            return
-                except OSError:
+                    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as out:
+                        out.settimeout(UPSTREAM_TIMEOUT)
+                        out.connect(parse_upstream(upstream))
+                        out.send(data)
+                        while True:
+                            answer = out.recv(65535)
+                            if answer[:2] == data[:2]:
+                                self._send(sock, answer, peer)
+                                return
+                except (OSError, ValueError):
                     continue
-        self._send(sock, query.answer(rcode=RCODE_SERVFAIL), peer)
+            self._send(sock, query.answer(rcode=RCODE_SERVFAIL), peer)
+        finally:
+            self.relays.release()
 
     @staticmethod
     def _send(sock: socket.socket, answer: bytes, peer) -> None:

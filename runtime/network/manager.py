@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import ipaddress
 import json
 import logging
@@ -954,7 +955,7 @@ class NetworkManager:
     # The embedded DNS (runtime/network/dns.py)
     #
 
-    def start_dns(self, port: int = 53) -> None:
+    def start_dns(self) -> None:
         """Answer DNS on every user-defined network's gateway from this process (the worker's)."""
         from .dns import DnsServer
 
@@ -968,52 +969,86 @@ class NetworkManager:
             logger.warning("dns: another process answers for %s already", self.root)
             return
         self._dns_fd = fd
-        self._dns = DnsServer(self._dns_networks, self.dns_lookup, self._dns_upstreams, port=port,
+        self._dns = DnsServer(self._dns_networks, self.dns_answer, self._dns_upstreams,
                               on_bound=self._dns_bound, watch_dir=self.root)
         self._dns.start()
 
     def stop_dns(self) -> None:
         dns, self._dns = self._dns, None
         if dns is not None:
-            dns.stop()
+            dns.stop()  # its last word (on_bound({})) drops the gateways file and the nat rules
         fd, self._dns_fd = self._dns_fd, -1
         if fd >= 0:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(os.path.join(self.root, ".dns-gateways"))
             os.close(fd)
 
-    def _dns_networks(self) -> dict[str, tuple[str, bool]]:
+    @property
+    def _dns_chain(self) -> str:
+        """This root's nat chain of DNS redirections (two engines on one host keep theirs apart)."""
+        return "BERTH-DNS-" + hashlib.sha1(self.root.encode()).hexdigest()[:8]
+
+    def _dns_networks(self) -> dict[str, tuple[str, str]]:
         out = {}
         for doc in self._stored():
             if doc["Name"] in PREDEFINED:
                 continue
-            for config in (doc.get("IPAM") or {}).get("Config") or []:
-                if config.get("Gateway"):
-                    out[config["Gateway"]] = (doc["Name"], bool(doc.get("Internal")))
+            gateway = next((c["Gateway"] for c in (doc.get("IPAM") or {}).get("Config") or [] if c.get("Gateway")), "")
+            if gateway and self._bridge(doc):
+                out[doc["Name"]] = (gateway, self._bridge(doc))
         return out
 
-    def _dns_bound(self, gateways: list[str]) -> None:
-        _write_json(os.path.join(self.root, ".dns-gateways"), {"gateways": sorted(gateways)})
+    def _dns_bound(self, bound: dict[str, tuple[str, int, str]]) -> None:
+        """The DNS's sockets changed: send each bridge's ``<gateway>:53`` to its socket, and tell
+        the processes writing resolv.conf which gateways answer."""
+        chain = self._dns_chain
+        with _iptables_lock:
+            _ensure_chain("nat", chain)
+            iptables("-t", "nat", "-F", chain)
+            for gateway, port, bridge in bound.values():
+                iptables("-t", "nat", "-A", chain, "-i", bridge, "-d", f"{gateway}/32", "-p", "udp", "--dport", "53",
+                         "-j", "DNAT", "--to-destination", f"{gateway}:{port}")
+            if bound:
+                _ensure_rule("nat", "PREROUTING", ["-j", chain], insert=True)
+            else:
+                _delete_rule("nat", "PREROUTING", ["-j", chain])
+                iptables("-t", "nat", "-X", chain, check=False)
+        path = os.path.join(self.root, ".dns-gateways")
+        if bound:
+            _write_json(path, {"gateways": sorted(g for g, _, _ in bound.values())})
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
 
     def _dns_upstreams(self) -> list[str]:
         from .dns import host_upstreams
 
         return list(getattr(self.config, "dns_upstreams", ()) or ()) or host_upstreams()
 
-    def dns_lookup(self, network: str, name: str) -> list[str]:
-        """The addresses on ``network`` of the running containers called ``name`` there: their
-        name, a network alias, their id or short id (case does not matter, as in DNS)."""
+    def dns_answer(self, network: str, name: str, source: str) -> tuple[list[str], bool] | None:
+        """What the DNS says to ``source`` asking for ``name`` on ``network``: None when no container
+        there has that address (no answer); else the addresses of the running containers called
+        ``name`` (name, network alias, id or short id; any case) on the asker's user networks, the
+        one asked on first, and whether other names may be relayed (not when all the asker's
+        networks are internal)."""
+        endpoints = self._endpoints()
+        asker = next((ep for ep in endpoints
+                      if ((ep.get("attachments") or {}).get(network) or {}).get("ip") == source), None)
+        if asker is None:
+            return None
         name = name.rstrip(".").lower()
-        out = []
-        for ep in self._endpoints():
-            att = (ep.get("attachments") or {}).get(network)
-            if not att or not att.get("ip"):
-                continue
-            aliases = (ep.get("networks", {}).get(network) or {}).get("aliases") or []
-            names = {ep.get("name", "").lstrip("/").lower(), ep["id"], ep["id"][:12], *(a.lower() for a in aliases)}
-            if name in names:
-                out.append(att["ip"])
-        return out
+        attached = list((asker.get("attachments") or {}))
+        for net in [network] + [n for n in attached if n != network and n not in PREDEFINED]:
+            found = []
+            for ep in endpoints:
+                att = (ep.get("attachments") or {}).get(net)
+                if not att or not att.get("ip"):
+                    continue
+                aliases = (ep.get("networks", {}).get(net) or {}).get("aliases") or []
+                if name in {ep.get("name", "").lstrip("/").lower(), ep["id"], ep["id"][:12], *(a.lower() for a in aliases)}:
+                    found.append(att["ip"])
+            if found:
+                return found, True
+        internal = {d["Name"]: bool(d.get("Internal")) for d in self._stored()}
+        return [], any(not internal.get(n, False) for n in attached)
 
     def nameserver(self, record) -> str | None:
         """The embedded DNS's address for the container's resolv.conf: the gateway of its first
@@ -1180,6 +1215,13 @@ class NetworkManager:
         self.pool_size = 0
         self._pool_keeper, self._pool_thread, self._pool_wake = None, None, -1
         self._pool_lock = threading.Lock()
+        if self._dns is not None:
+            self._dns.close_after_fork()
+        self._dns = None
+        if self._dns_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._dns_fd)  # the parent's lock stays: it is on the shared file description
+        self._dns_fd = -1
 
     def stop_pool(self) -> None:
         """Stop refilling, DEL the ready namespaces, and run the releases still queued (from now on

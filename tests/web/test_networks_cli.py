@@ -105,6 +105,54 @@ def test_the_embedded_dns_answers_names_and_aliases_and_relays_the_rest(docker, 
         docker("network", "rm", net, inner, check=False)
 
 
+def _port_free(port: int, host: str = "127.0.0.1") -> bool:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def test_the_embedded_dns_answers_only_its_own_network(docker, upstream_dns):
+    """Network B's DNS does not answer a container of network A, nor the host itself (its socket
+    serves only what comes in on B's bridge); nothing holds port 53, so a container can publish it."""
+    import socket
+    import subprocess
+
+    tag = uuid.uuid4().hex[:6]
+    net_a, net_b, srv = f"dnsa-{tag}", f"dnsb-{tag}", f"srvb-{tag}"
+    try:
+        docker("network", "create", net_a)
+        docker("network", "create", net_b)
+        docker("run", "-d", "--name", srv, "--network", net_b, "busybox", "sleep", "300")
+        gw_b = json.loads(docker("network", "inspect", net_b).stdout)[0]["IPAM"]["Config"][0]["Gateway"]
+        out = docker("run", "--rm", "--network", net_a, "busybox", "sh", "-c",
+                     f"timeout 8 nslookup -type=a {srv} {gw_b}; echo exit=$?", check=False, timeout=60).stdout
+        assert "exit=0" not in out and "Name:" not in out, out
+        # The redirect's target, asked from the host: no answer either.
+        rules = subprocess.run(["iptables", "-t", "nat", "-S"], capture_output=True, text=True).stdout
+        target = next(r.split("--to-destination ")[1].split()[0] for r in rules.splitlines()
+                      if f"-d {gw_b}/32" in r and "--to-destination" in r)
+        host, port = target.split(":")
+        query = (b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + bytes([len(srv)]) + srv.encode()
+                 + b"\x00\x00\x01\x00\x01")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(1.5)
+            s.sendto(query, (host, int(port)))
+            with pytest.raises(OSError):  # timeout (or refused): no answer
+                s.recvfrom(512)
+        if _port_free(53):
+            published = docker("run", "-d", "--name", f"p53-{tag}", "-p", "127.0.0.1:53:53/udp", "busybox", "sleep",
+                               "300", check=False)
+            assert published.returncode == 0, published.stderr
+    finally:
+        docker("rm", "-f", srv, f"p53-{tag}", check=False)
+        docker("network", "rm", net_a, net_b, check=False)
+
+
 def test_run_with_a_fixed_address_and_a_network_alias(docker):
     tag = uuid.uuid4().hex[:6]
     net, web = f"fix-{tag}", f"web-{tag}"
