@@ -108,11 +108,13 @@ def forget_container(container_id: str) -> None:
 def reconcile_containers() -> dict:
     """Make the models match the engine after a restart; apply restart policies to what exited."""
     was_active = set(active_containers().values_list("container_id", flat=True))
+    # Stopped by a restart that the last worker did not finish: its exit was never acted on.
+    was_restarting = {r.id for r in engine_containers().list(all=True) if r.restarting}
     records = engine_containers().reconcile()
     seen = set()
     for record in records:
         seen.add(record.id)
-        if (record.id in was_active and record.config.auto_remove
+        if ((record.id in was_active or record.id in was_restarting) and record.config.auto_remove
                 and _state_of(record) == ContainerStateChoices.EXITED):
             _auto_remove(record.id)  # --rm, ended while no worker watched
             continue

@@ -793,9 +793,12 @@ class ContainerStore:
         records = []
         for cid in self._ids():
             try:
-                records.append(self.sync(cid))
+                record = self.sync(cid)
             except NotFound:
                 continue
+            if record.restarting:  # a restart the last worker did not finish: it will not now
+                record = self._clear_restarting(cid) or record
+            records.append(record)
         known = {r.id for r in records}
         try:
             runc_containers = self.runc.list()
@@ -1115,15 +1118,21 @@ class ContainerStore:
     def restart(self, id_or_name: str, timeout: int | None = None) -> ContainerRecord:
         """``docker restart``: stop (if running), then start. RestartCount counts only the restarts
         of a restart policy (the caller's), as in Docker."""
-        record = self.stop(id_or_name, timeout, restarting=True)
+        cid = self._lookup(id_or_name).id
         try:
+            record = self.stop(cid, timeout, restarting=True)
             return self.start(record.id)
         except BaseException:
-            with contextlib.suppress(NotFound), self._locked(record.id) as failed:
-                if failed.restarting:
-                    failed.restarting = False  # it stays stopped: its exit is an ordinary one now
-                    self._write(failed)
+            self._clear_restarting(cid)  # it stays as it is: its exit is an ordinary one now
             raise
+
+    def _clear_restarting(self, cid: str) -> ContainerRecord | None:
+        with contextlib.suppress(NotFound), self._locked(cid) as record:
+            if record.restarting:
+                record.restarting = False
+                self._write(record)
+            return record
+        return None
 
     def pause(self, id_or_name: str) -> ContainerRecord:
         """``docker pause``: RUNNING -> PAUSED (the cgroup freezer stops every process)."""

@@ -76,3 +76,16 @@ def test_a_rm_container_whose_restart_cannot_start_is_removed(db, engine):
     with pytest.raises(NotFound):
         engine.containers.get(cid)
     assert not Container.objects.filter(container_id=cid).exists()
+
+
+def test_a_restart_cut_short_by_a_worker_crash_ends_like_a_stop(db, engine):
+    """The worker died between the stop and the start of ``docker restart``: the next worker's
+    reconcile takes it as stopped, so --rm removes it (rather than an exit nobody acts on)."""
+    cid = run_rm(engine, "sleep", "1000")
+    engine.containers.stop(cid, timeout=0, restarting=True)
+    services.handle_exit(cid)  # the exit watcher meanwhile: a restart's exit, left alone
+    assert engine.containers.get(cid).state is S.EXITED
+    services.reconcile_containers()
+    with pytest.raises(NotFound):
+        engine.containers.get(cid)
+    assert not Container.objects.filter(container_id=cid).exists()
