@@ -635,9 +635,19 @@ class NetworkManager:
             att["result"] = self.cni.add(conf, runtime_config, att["cni_id"], ep["netns"], ifname,
                                          args=f"IP={ip}" if ip else "")
         except CNIError as exc:
-            if ip and "not available" in str(exc):
+            if not (ip and "not available" in str(exc)):
+                raise
+            # Its last holder may be a container that just stopped, its lease still in a queued
+            # release (the keeper waits for quiet): run this network's releases, then try again.
+            if not self.finish_releases(network=doc["Name"]):
                 raise InvalidArgument(f"Address already in use: {ip} on network {doc['Name']}") from exc
-            raise
+            self.cni.delete(conf, runtime_config, att["cni_id"], ep["netns"], ifname)  # what the failed ADD made
+            try:
+                att["result"] = self.cni.add(conf, runtime_config, att["cni_id"], ep["netns"], ifname, args=f"IP={ip}")
+            except CNIError as again:
+                if "not available" in str(again):
+                    raise InvalidArgument(f"Address already in use: {ip} on network {doc['Name']}") from again
+                raise
         _fill(att)
         _write_json(self._ep_path(ep["id"]), ep)
         return att

@@ -172,6 +172,11 @@ def test_run_with_a_fixed_address_and_a_network_alias(docker):
         assert taken.returncode != 0 and "Address already in use" in taken.stderr, taken.stderr
         bridge = docker("run", "--rm", "--ip", address, "busybox", "true", check=False)
         assert "user specified IP address is supported on user defined networks only" in bridge.stderr
+        # Once its holder stopped, the address is free at once (its release may still be queued).
+        docker("stop", "-t", "0", web)
+        for _ in range(3):
+            again = docker("run", "--rm", "--network", net, "--ip", address, "busybox", "true", check=False)
+            assert again.returncode == 0, again.stderr
     finally:
         docker("rm", "-f", web, check=False)
         docker("network", "rm", net, check=False)
