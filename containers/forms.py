@@ -32,9 +32,16 @@ class RunForm(forms.Form):
     cap_drop = forms.CharField(max_length=1024, required=False, help_text="e.g. ALL")
     network = forms.CharField(max_length=255, initial="bridge", help_text="bridge, none, host, or a network's name",
                               widget=forms.TextInput(attrs={"list": "networks"}))
+    ip = forms.GenericIPAddressField(protocol="IPv4", required=False, label="IP address",
+                                     help_text="--ip, on a user-defined network")
+    network_aliases = forms.CharField(max_length=1024, required=False, label="Network aliases",
+                                      help_text="--network-alias, space separated (user-defined networks)")
+    publish_all = forms.BooleanField(required=False, label="-P (publish every exposed port)")
     extra_hosts = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2}),
                                   help_text="--add-host name:ip, one per line")
     dns = forms.CharField(max_length=1024, required=False, help_text="--dns servers, space separated")
+    dns_search = forms.CharField(max_length=1024, required=False, label="DNS search",
+                                 help_text="--dns-search domains, space separated")
     links = forms.CharField(max_length=1024, required=False, help_text="--link name:alias, space separated")
     read_only = forms.BooleanField(required=False, label="Read-only root filesystem")
     tty = forms.BooleanField(required=False, label="-t (TTY)")

@@ -221,7 +221,14 @@ def from_form(data: dict) -> dict:
             "PortBindings": bindings,
             "ExtraHosts": [h.strip() for h in data.get("extra_hosts", "").splitlines() if h.strip()],
             "Dns": data.get("dns", "").split(),
+            "DnsSearch": data.get("dns_search", "").split(),
             "Links": data.get("links", "").split(),
+            "PublishAllPorts": data.get("publish_all", False),
         },
     }
+    aliases, ip = data.get("network_aliases", "").split(), data.get("ip") or ""
+    if aliases or ip:
+        network = body["HostConfig"]["NetworkMode"]
+        body["NetworkingConfig"] = {"EndpointsConfig": {network: {"Aliases": aliases,
+                                                                  "IPAMConfig": {"IPv4Address": ip} if ip else None}}}
     return from_docker(body, data.get("name", ""))

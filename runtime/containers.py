@@ -1008,17 +1008,23 @@ class ContainerStore:
             address = getattr(self.network, "address", lambda r: None)(record)
             hosts = oci_spec.hosts_file(config.hostname, ip=address, extra_hosts=config.extra_hosts,
                                         domainname=config.domainname)
-        embedded = None if host_network or config.dns else getattr(self.network, "nameserver", lambda r: None)(record)
-        resolv = oci_spec.resolv_conf(_read_host_file("/etc/resolv.conf"), dns=config.dns,
-                                      dns_search=config.dns_search, dns_options=config.dns_options,
-                                      host_network=host_network, embedded=embedded)
-        files = {"hosts": hosts, "hostname": config.hostname + "\n", "resolv.conf": resolv}
+        files = {"hosts": hosts, "hostname": config.hostname + "\n",
+                 "resolv.conf": self.resolv_conf_text(record, host_network=host_network)}
         paths = {}
         for name, text in files.items():
             path = os.path.join(directory, name)
             _write_text(path, text)
             paths[name] = path
         return paths
+
+    def resolv_conf_text(self, record: ContainerRecord, *, host_network: bool = False) -> str:
+        """The container's /etc/resolv.conf: the host's, its --dns options, or the embedded DNS of
+        its user-defined network (runtime/network/dns.py)."""
+        config = record.config
+        embedded = None if host_network or config.dns else getattr(self.network, "nameserver", lambda r: None)(record)
+        return oci_spec.resolv_conf(_read_host_file("/etc/resolv.conf"), dns=config.dns,
+                                    dns_search=config.dns_search, dns_options=config.dns_options,
+                                    host_network=host_network, embedded=embedded)
 
     def _mount_sources(self, config: ContainerConfig, rootfs: str, first_run: bool) -> list[dict]:
         """The user's mounts as runtime.spec takes them: binds checked, volumes resolved to paths

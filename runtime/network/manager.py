@@ -863,6 +863,7 @@ class NetworkManager:
                     _write_json(self._ep_path(record.id), ep)
                     raise
                 self._rewrite_hosts(record.id)
+                self._rewrite_resolv(record.id)
                 self._update_peers(ep, exclude=record.id)
 
     def disconnect(self, network: str, container: str, force: bool = False) -> None:
@@ -889,6 +890,7 @@ class NetworkManager:
             del ep["networks"][doc["Name"]]
             _write_json(self._ep_path(record.id), ep)
         self._rewrite_hosts(record.id)
+        self._rewrite_resolv(record.id)
         self._update_peers({**ep, "attachments": {doc["Name"]: {}}}, exclude=record.id, gone=True)
         if errors and not force:
             raise EngineError("network disconnect: " + "; ".join(errors))
@@ -1107,6 +1109,23 @@ class NetworkManager:
         with open(path, "r+") as f:
             f.write(text)
             f.truncate()
+
+    def _rewrite_resolv(self, cid: str) -> None:
+        """After a connect or disconnect: the running container's resolv.conf names the embedded
+        DNS of a network it is still on (or the host's resolvers), rewritten in place."""
+        try:
+            record = self.containers.get(cid, sync=False)
+        except NotFound:
+            return
+        path = os.path.join(self.containers.root, cid, "resolv.conf")
+        if record.state.value not in ACTIVE or not os.path.exists(path):
+            return
+        text = self.containers.resolv_conf_text(record)
+        with open(path, "r+") as f:
+            if f.read() != text:
+                f.seek(0)
+                f.write(text)
+                f.truncate()
 
     def _update_peers(self, ep: dict, exclude: str, gone: bool = False) -> None:
         names = {n for n in (ep.get("attachments") or {}) if n != DEFAULT_NETWORK}

@@ -37,6 +37,20 @@ def test_the_run_form_and_the_api_agree():
                                      "53/udp": [{"HostIp": "", "HostPort": "53"}]}
 
 
+def test_the_run_forms_network_fields_are_the_cli_options():
+    form = runoptions.from_form({"image": "busybox", "network": "appnet", "ip": "10.90.201.7",
+                                 "network_aliases": "db primary", "publish_all": True, "dns_search": "corp.example"})
+    cli = runoptions.from_docker({"Image": "busybox", "HostConfig": {"NetworkMode": "appnet", "PublishAllPorts": True,
+                                                                     "DnsSearch": ["corp.example"]},
+                                  "NetworkingConfig": {"EndpointsConfig": {"appnet": {
+                                      "Aliases": ["db", "primary"], "IPAMConfig": {"IPv4Address": "10.90.201.7"}}}}})
+    for key in ("network_mode", "ipv4_address", "network_aliases", "publish_all_ports", "dns_search"):
+        assert form[key] == cli[key], key
+    assert form["ipv4_address"] == "10.90.201.7" and form["network_aliases"] == ["db", "primary"]
+    plain = runoptions.from_form({"image": "busybox"})
+    assert plain["ipv4_address"] == "" and plain["network_aliases"] == [] and not plain["publish_all_ports"]
+
+
 @pytest.mark.parametrize("name", ["-bad", "a", "has space", "semi;colon"])
 def test_invalid_names_are_refused_with_dockers_message(name):
     with pytest.raises(InvalidArgument, match=r"Invalid container name .* only \[a-zA-Z0-9\]"):

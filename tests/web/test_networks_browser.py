@@ -47,3 +47,33 @@ def test_create_a_network_run_on_it_and_see_addresses_and_ports(logged_in_page):
     page.once("dialog", lambda d: d.accept())
     page.get_by_role("button", name="Remove").click()
     expect(page.locator("#networks")).not_to_contain_text(net)
+
+
+def test_the_run_form_sets_a_fixed_address_and_refuses_it_off_user_networks(logged_in_page):
+    page = logged_in_page
+    tag = uuid.uuid4().hex[:6]
+    net, name = f"ipnet-{tag}", f"ipweb-{tag}"
+    page.goto("/networks/")
+    page.fill("#network-form input[name=name]", net)
+    page.fill("#network-form input[name=subnet]", "10.90.213.0/24")
+    page.click("#network-form button")
+    expect(page.locator("h1")).to_have_text(f"Network {net}")
+    page.goto("/containers/run/")
+    page.fill("#run-form input[name=image]", "busybox")
+    page.fill("#run-form input[name=command]", "sleep 300")
+    page.fill("#run-form input[name=ip]", "10.90.213.77")
+    page.click("#run-form button[type=submit]")
+    expect(page.locator("#run-errors")).to_contain_text("supported on user defined networks only")
+    page.fill("#run-form input[name=name]", name)
+    page.fill("#run-form input[name=network]", net)
+    page.fill("#run-form input[name=network_aliases]", "primary")
+    page.click("#run-form button[type=submit]")
+    expect(page.locator("#state")).to_contain_text("Running")
+    expect(page.locator("#addresses")).to_contain_text(f"{net}: 10.90.213.77")
+    page.check("#actions input[name=force]")
+    page.once("dialog", lambda d: d.accept())
+    page.locator("#actions").get_by_role("button", name="Remove").click()
+    page.goto(f"/networks/{net}/")
+    page.once("dialog", lambda d: d.accept())
+    page.get_by_role("button", name="Remove").click()
+    expect(page.locator("#networks")).not_to_contain_text(net)

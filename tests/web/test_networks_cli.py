@@ -100,6 +100,12 @@ def test_the_embedded_dns_answers_names_and_aliases_and_relays_the_rest(docker, 
         inner_ip = json.loads(docker("inspect", srv).stdout)[0]["NetworkSettings"]["Networks"][inner]["IPAddress"]
         assert f"Address: {inner_ip}" in out and "REFUSED" in out and "192.0.2.10" not in out, out
         assert len(upstream_dns.asked) == asked
+        # Leaving the network its resolv.conf names: it now names the DNS of the one it is still on.
+        inner_gw = json.loads(docker("network", "inspect", inner).stdout)[0]["IPAM"]["Config"][0]["Gateway"]
+        assert f"nameserver {gateway}" in docker("exec", srv, "cat", "/etc/resolv.conf").stdout
+        docker("network", "disconnect", net, srv)
+        resolv = docker("exec", srv, "cat", "/etc/resolv.conf").stdout
+        assert f"nameserver {inner_gw}" in resolv and f"nameserver {gateway}" not in resolv, resolv
     finally:
         docker("rm", "-f", srv, check=False)
         docker("network", "rm", net, inner, check=False)
