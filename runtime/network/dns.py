@@ -20,7 +20,7 @@ answer. Then:
   networks are all internal gets REFUSED instead, as it has no way out.
 
 /etc/hosts keeps the same names (getaddrinfo reads it first); the DNS is for what asks a DNS
-server directly (nslookup, dig, resolvers of their own). UDP only.
+server directly (nslookup, dig, resolvers of their own). UDP, and TCP for long answers.
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ logger = logging.getLogger(__name__)
 IP_FREEBIND = 15
 IP_PKTINFO = 8
 MAX_RELAYS = 32
+TCP_IDLE = 5.0
+TCP_QUERIES = 16
 _IN_DELETE = 0x00000200
 _IN_MOVED_FROM = 0x00000040
 TTL = 600
@@ -88,6 +90,25 @@ class Query:
         return b"".join(out)
 
 
+def _read_message(conn: socket.socket) -> bytes | None:
+    """One length-prefixed DNS message from a TCP connection, or None at its end."""
+    head = _read_exact(conn, 2)
+    if head is None:
+        return None
+    return _read_exact(conn, struct.unpack("!H", head)[0])
+
+
+def _read_exact(conn: socket.socket, size: int) -> bytes | None:
+    chunks, left = [], size
+    while left:
+        chunk = conn.recv(left)
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
 def host_upstreams(resolv_conf: str = "/etc/resolv.conf") -> list[str]:
     """The IPv4 nameservers of the host's resolv.conf."""
     out = []
@@ -114,18 +135,19 @@ def parse_upstream(text: str) -> tuple[str, int]:
 class DnsServer(threading.Thread):
     """Answers for the networks ``networks()`` gives: {name: (gateway, bridge)}; ``answer(network,
     name, source)`` says what: (addresses, may_relay), or None for no answer at all. ``on_bound``
-    gets {network: (gateway, port, bridge)} whenever the sockets change. Looks at the networks
+    gets {network: (gateway, udp port, bridge, tcp port)} whenever the sockets change. Looks at the networks
     every ``refresh`` seconds, and at once when ``watch_dir`` changes."""
 
     def __init__(self, networks: Callable[[], dict[str, tuple[str, str]]],
                  answer: Callable[[str, str, str], tuple[list[str], bool] | None],
-                 upstreams: Callable[[], list[str]], *, refresh: float = 1.0,
-                 on_bound: Callable[[dict[str, tuple[str, int, str]]], None] | None = None,
+                 upstreams: Callable[[], list[str]], *, refresh: float = 10.0,
+                 on_bound: Callable[[dict[str, tuple[str, int, str, int]]], None] | None = None,
                  watch_dir: str | None = None):
         super().__init__(name="berth-dns", daemon=True)
         self.networks, self.answer, self.upstreams = networks, answer, upstreams
         self.on_bound, self.refresh, self.watch_dir = on_bound, refresh, watch_dir
         self.sockets: dict[str, tuple[socket.socket, str, str]] = {}  # network -> (socket, gateway, bridge)
+        self.listeners: dict[str, socket.socket] = {}  # network -> its TCP socket (same address)
         self.stopping = threading.Event()
         self.relays = threading.BoundedSemaphore(MAX_RELAYS)
         self._wake_r, self._wake_w = socket.socketpair()
@@ -141,7 +163,9 @@ class DnsServer(threading.Thread):
         """In a forked child: drop the copies of the sockets (the parent keeps serving)."""
         for sock, _, _ in self.sockets.values():
             sock.close()
-        self.sockets = {}
+        for sock in self.listeners.values():
+            sock.close()
+        self.sockets, self.listeners = {}, {}
         self._wake_r.close()
         self._wake_w.close()
 
@@ -163,7 +187,10 @@ class DnsServer(threading.Thread):
                 watch.close()
             for sock, _, _ in self.sockets.values():
                 sock.close()
+            for sock in self.listeners.values():
+                sock.close()
             self.sockets.clear()
+            self.listeners.clear()
             if self.on_bound is not None:
                 with contextlib.suppress(Exception):
                     self.on_bound({})
@@ -173,16 +200,21 @@ class DnsServer(threading.Thread):
     def _pass(self, watch) -> None:
         self._bind_all()
         poller = select.poll()
-        by_fd = {}
+        by_fd, tcp_fd = {}, {}
         for network, (sock, _, bridge) in self.sockets.items():
             by_fd[sock.fileno()] = (sock, network, bridge)
             poller.register(sock, select.POLLIN)
+        for network, listener in self.listeners.items():
+            tcp_fd[listener.fileno()] = (listener, network)
+            poller.register(listener, select.POLLIN)
         poller.register(self._wake_r, select.POLLIN)
         if watch is not None:
             poller.register(watch.fd, select.POLLIN)
         for fd, _ in poller.poll(self.refresh * 1000):
             if fd in by_fd:
                 self._serve(*by_fd[fd])
+            elif fd in tcp_fd:
+                self._accept(*tcp_fd[fd])
             elif watch is not None and fd == watch.fd:
                 watch.wait(0)  # drains it; the next pass rebinds
 
@@ -191,25 +223,43 @@ class DnsServer(threading.Thread):
         changed = not self._told
         for network in [n for n in self.sockets if wanted.get(n) != self.sockets[n][1:]]:
             self.sockets.pop(network)[0].close()
+            self.listeners.pop(network).close()
             changed = True
         for network, (gateway, bridge) in wanted.items():
             if network in self.sockets:
                 continue
-            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             try:
-                sock.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)
-                sock.setsockopt(socket.SOL_IP, IP_PKTINFO, 1)
-                sock.bind((gateway, 0))
+                udp, listener = self._bind(gateway)
             except OSError as e:
-                sock.close()
                 logger.warning("dns: cannot answer on %s for network %s: %s", gateway, network, e)
                 continue
-            sock.setblocking(False)
-            self.sockets[network] = (sock, gateway, bridge)
+            self.sockets[network], self.listeners[network] = (udp, gateway, bridge), listener
             changed = True
         if changed and self.on_bound is not None:
-            self.on_bound({n: (g, s.getsockname()[1], b) for n, (s, g, b) in self.sockets.items()})
+            self.on_bound({n: (g, s.getsockname()[1], b, self.listeners[n].getsockname()[1])
+                           for n, (s, g, b) in self.sockets.items()})
             self._told = True
+
+    @staticmethod
+    def _bind(gateway: str) -> tuple[socket.socket, socket.socket]:
+        """A UDP socket (with the arrival interface of each datagram) and a listening TCP socket on
+        ``gateway``, each on a free port."""
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            for sock in (udp, listener):
+                sock.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)
+            udp.setsockopt(socket.SOL_IP, IP_PKTINFO, 1)
+            udp.bind((gateway, 0))
+            listener.bind((gateway, 0))
+            listener.listen(16)
+        except OSError:
+            udp.close()
+            listener.close()
+            raise
+        udp.setblocking(False)
+        listener.setblocking(False)
+        return udp, listener
 
     _told = False
 
@@ -236,19 +286,11 @@ class DnsServer(threading.Thread):
             query = Query(data)
         except ValueError:
             return  # not a question we can answer: no answer, as for garbage
-        try:
-            verdict = self.answer(network, query.name, peer[0])
-        except Exception:
-            logger.exception("dns: lookup of %r on %s failed", query.name, network)
-            self._send(sock, query.answer(rcode=RCODE_SERVFAIL), peer)
-            return
+        verdict = self._verdict(network, query, peer[0])
         if verdict is None:
-            return  # not a container of this network
-        addresses, may_relay = verdict
-        if addresses:
-            self._send(sock, query.answer(addresses), peer)
-        elif not may_relay:
-            self._send(sock, query.answer(rcode=RCODE_REFUSED), peer)
+            return
+        if isinstance(verdict, bytes):
+            self._send(sock, verdict, peer)
         elif not self.relays.acquire(blocking=False):
             self._send(sock, query.answer(rcode=RCODE_SERVFAIL), peer)  # too many at once
         else:
@@ -259,23 +301,87 @@ class DnsServer(threading.Thread):
                 self.relays.release()
                 self._send(sock, query.answer(rcode=RCODE_SERVFAIL), peer)
 
-    def _relay(self, sock: socket.socket, data: bytes, query: Query, peer) -> None:
-        """Ask each upstream in turn; relay the first answer (whatever its code)."""
+    def _verdict(self, network: str, query: Query, source: str) -> bytes | bool | None:
+        """The answer (bytes), True to relay it upstream, or None for no answer at all."""
         try:
-            for upstream in self.upstreams():
-                try:
-                    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as out:
-                        out.settimeout(UPSTREAM_TIMEOUT)
-                        out.connect(parse_upstream(upstream))
-                        out.send(data)
-                        while True:
-                            answer = out.recv(65535)
-                            if answer[:2] == data[:2]:
-                                self._send(sock, answer, peer)
-                                return
-                except (OSError, ValueError):
-                    continue
-            self._send(sock, query.answer(rcode=RCODE_SERVFAIL), peer)
+            verdict = self.answer(network, query.name, source)
+        except Exception:
+            logger.exception("dns: lookup of %r on %s failed", query.name, network)
+            return query.answer(rcode=RCODE_SERVFAIL)
+        if verdict is None:
+            return None  # not a container of this network
+        addresses, may_relay = verdict
+        if addresses:
+            return query.answer(addresses)
+        return True if may_relay else query.answer(rcode=RCODE_REFUSED)
+
+    def _relay(self, sock: socket.socket, data: bytes, query: Query, peer) -> None:
+        try:
+            self._send(sock, self._ask_upstreams(data, tcp=False) or query.answer(rcode=RCODE_SERVFAIL), peer)
+        finally:
+            self.relays.release()
+
+    def _ask_upstreams(self, data: bytes, *, tcp: bool) -> bytes | None:
+        """Ask each upstream in turn (over TCP for a TCP query: its answer may be long); the first
+        answer, whatever its code."""
+        for upstream in self.upstreams():
+            try:
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM) as out:
+                    out.settimeout(UPSTREAM_TIMEOUT)
+                    out.connect(parse_upstream(upstream))
+                    if tcp:
+                        out.sendall(struct.pack("!H", len(data)) + data)
+                        answer = _read_message(out)
+                        if answer is not None:
+                            return answer
+                        continue
+                    out.send(data)
+                    while True:
+                        answer = out.recv(65535)
+                        if answer[:2] == data[:2]:
+                            return answer
+            except (OSError, ValueError):
+                continue
+        return None
+
+    def _accept(self, listener: socket.socket, network: str) -> None:
+        try:
+            conn, peer = listener.accept()
+        except OSError:
+            return
+        if not self.relays.acquire(blocking=False):
+            conn.close()  # too many at once
+            return
+        try:
+            threading.Thread(target=self._tcp_session, args=(conn, peer, network), daemon=True,
+                             name="berth-dns-tcp").start()
+        except RuntimeError:
+            self.relays.release()
+            conn.close()
+
+    def _tcp_session(self, conn: socket.socket, peer, network: str) -> None:
+        """DNS over TCP (RFC 7766): length-prefixed queries, a few per connection. Only a container
+        of the network gets answers (a TCP source cannot be spoofed; the nat rule sends only what
+        comes from the bridge)."""
+        try:
+            with conn:
+                conn.settimeout(TCP_IDLE)
+                for _ in range(TCP_QUERIES):
+                    data = _read_message(conn)
+                    if data is None:
+                        return
+                    try:
+                        query = Query(data)
+                    except ValueError:
+                        return
+                    verdict = self._verdict(network, query, peer[0])
+                    if verdict is None:
+                        return
+                    if verdict is True:
+                        verdict = self._ask_upstreams(data, tcp=True) or query.answer(rcode=RCODE_SERVFAIL)
+                    conn.sendall(struct.pack("!H", len(verdict)) + verdict)
+        except OSError:
+            pass
         finally:
             self.relays.release()
 

@@ -1008,16 +1008,17 @@ class NetworkManager:
                 out[doc["Name"]] = (gateway, self._bridge(doc))
         return out
 
-    def _dns_bound(self, bound: dict[str, tuple[str, int, str]]) -> None:
+    def _dns_bound(self, bound: dict[str, tuple[str, int, str, int]]) -> None:
         """The DNS's sockets changed: send each bridge's ``<gateway>:53`` to its socket, and tell
         the processes writing resolv.conf which gateways answer."""
         chain = self._dns_chain
         with _iptables_lock:
             _ensure_chain("nat", chain)
             iptables("-t", "nat", "-F", chain)
-            for gateway, port, bridge in bound.values():
-                iptables("-t", "nat", "-A", chain, "-i", bridge, "-d", f"{gateway}/32", "-p", "udp", "--dport", "53",
-                         "-j", "DNAT", "--to-destination", f"{gateway}:{port}")
+            for gateway, udp_port, bridge, tcp_port in bound.values():
+                for proto, port in (("udp", udp_port), ("tcp", tcp_port)):
+                    iptables("-t", "nat", "-A", chain, "-i", bridge, "-d", f"{gateway}/32", "-p", proto, "--dport", "53",
+                             "-j", "DNAT", "--to-destination", f"{gateway}:{port}")
             if bound:
                 _ensure_rule("nat", "PREROUTING", ["-j", chain], insert=True)
             else:
@@ -1025,7 +1026,7 @@ class NetworkManager:
                 iptables("-t", "nat", "-X", chain, check=False)
         path = os.path.join(self.root, ".dns-gateways")
         if bound:
-            _write_json(path, {"gateways": sorted(g for g, _, _ in bound.values())})
+            _write_json(path, {"gateways": sorted(b[0] for b in bound.values())})
         else:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)

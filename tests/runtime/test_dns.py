@@ -2,10 +2,11 @@
 
 import socket
 import struct
+import threading
 
 import pytest
 
-from runtime.network.dns import RCODE_REFUSED, Query, host_upstreams, parse_upstream
+from runtime.network.dns import RCODE_REFUSED, DnsServer, Query, host_upstreams, parse_upstream
 
 
 def query(name: str, qtype: int = 1, flags: int = 0x0100, qid: int = 0x1234) -> bytes:
@@ -45,3 +46,93 @@ def test_upstreams(tmp_path):
     assert host_upstreams(str(conf)) == ["10.0.0.2", "127.0.0.53"]
     assert host_upstreams(str(tmp_path / "missing")) == []
     assert parse_upstream("127.0.0.1:5353") == ("127.0.0.1", 5353) and parse_upstream("10.0.0.2") == ("10.0.0.2", 53)
+
+
+class Served:
+    """A DnsServer on loopback for network "n" (its "bridge" is lo) and "far" (a bridge that does
+    not exist, so nothing can arrive on it), with a stub upstream; 127.0.0.1 is the only member."""
+
+    def __init__(self):
+        from tests.support.dns import StubDns
+        from tests.support.net import free_port
+
+        self.stub = StubDns(f"127.0.0.1:{free_port()}", {"outside.test": "192.0.2.10"})
+        self.stub.start()
+        self.bound, ready = {}, threading.Event()
+
+        def on_bound(bound):
+            self.bound = dict(bound)
+            ready.set()
+
+        def answer(network, name, source):
+            if source != "127.0.0.1":
+                return None  # not a member: no answer at all
+            if name == "web":
+                return ["10.90.0.5"], True
+            return [], name != "sealed.test"  # sealed.test: as asked from an internal-only container
+
+        upstream = f"127.0.0.1:{self.stub.sock.getsockname()[1]}"
+        self.dns = DnsServer(lambda: {"n": ("127.0.0.1", "lo"), "far": ("127.0.0.3", "berth-nowhere0")}, answer,
+                             lambda: [upstream], on_bound=on_bound)
+        self.dns.start()
+        assert ready.wait(5) and set(self.bound) == {"n", "far"}
+
+    def udp(self, name: str, network: str = "n", source: str = "127.0.0.1") -> bytes | None:
+        gateway, port = self.bound[network][0], self.bound[network][1]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind((source, 0))
+            s.settimeout(0.5)
+            s.sendto(query(name), (gateway, port))
+            try:
+                return s.recv(4096)
+            except TimeoutError:
+                return None
+
+    def tcp(self, name: str) -> bytes:
+        gateway, port = self.bound["n"][0], self.bound["n"][3]
+        with socket.create_connection((gateway, port), timeout=5) as s:
+            s.sendall(struct.pack("!H", len(query(name))) + query(name))
+            size = struct.unpack("!H", s.recv(2))[0]
+            data = b""
+            while len(data) < size:
+                data += s.recv(size - len(data))
+            return data
+
+    def close(self):
+        self.dns.stop()
+        self.stub.stop()
+
+
+@pytest.fixture
+def served():
+    s = Served()
+    yield s
+    s.close()
+
+
+def addresses(answer: bytes) -> list[str]:
+    count = struct.unpack("!H", answer[6:8])[0]
+    start = len(answer) - 16 * count  # A records with a name pointer: 16 bytes each, at the end
+    return [socket.inet_ntoa(answer[start + 16 * i + 12:start + 16 * i + 16]) for i in range(count)]
+
+
+def rcode(answer: bytes) -> int:
+    return struct.unpack("!H", answer[2:4])[0] & 0x000F
+
+
+def test_the_server_answers_members_relays_the_rest_and_refuses_when_sealed(served):
+    assert addresses(served.udp("web")) == ["10.90.0.5"]
+    assert addresses(served.udp("outside.test")) == ["192.0.2.10"] and "outside.test" in served.stub.asked
+    assert rcode(served.udp("nowhere.test")) == 3  # the upstream's NXDOMAIN, relayed
+    asked = len(served.stub.asked)
+    assert rcode(served.udp("sealed.test")) == RCODE_REFUSED and len(served.stub.asked) == asked
+
+
+def test_tcp_answers_the_same_and_relays_over_tcp(served):
+    assert addresses(served.tcp("web")) == ["10.90.0.5"]
+    assert addresses(served.tcp("outside.test")) == ["192.0.2.10"] and "tcp:outside.test" in served.stub.asked
+
+
+def test_no_answer_off_the_bridge_or_to_a_stranger(served):
+    assert served.udp("web", source="127.0.0.2") is None  # not a container of the network
+    assert served.udp("web", network="far") is None  # came in on lo, not on that network's bridge

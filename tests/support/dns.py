@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import struct
 import threading
 
 from runtime.network.dns import RCODE_NXDOMAIN, Query
 
 
 class StubDns(threading.Thread):
-    """Answers ``names`` ({name: address}) with their address, anything else NXDOMAIN; counts queries."""
+    """Answers ``names`` ({name: address}) with their address, anything else NXDOMAIN, over UDP and
+    TCP on one address; ``asked`` lists the names asked, with ``tcp:`` before those asked over TCP."""
 
     def __init__(self, address: str, names: dict[str, str]):
         super().__init__(daemon=True, name="stub-dns")
@@ -18,22 +20,49 @@ class StubDns(threading.Thread):
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind((host, int(port)))
         self.sock.settimeout(0.2)
+        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind((host, int(port)))
+        self.listener.listen(8)
+        self.listener.settimeout(0.2)
         self.names, self.asked = names, []
         self.stopping = threading.Event()
+        self.tcp = threading.Thread(target=self._serve_tcp, daemon=True, name="stub-dns-tcp")
+
+    def answer(self, data: bytes, tcp: bool = False) -> bytes:
+        query = Query(data)
+        self.asked.append(("tcp:" if tcp else "") + query.name)
+        address = self.names.get(query.name)
+        return query.answer([address]) if address else query.answer(rcode=RCODE_NXDOMAIN)
 
     def run(self) -> None:
+        self.tcp.start()
         while not self.stopping.is_set():
             try:
                 data, peer = self.sock.recvfrom(4096)
             except OSError:
                 continue
             with contextlib.suppress(ValueError, OSError):
-                query = Query(data)
-                self.asked.append(query.name)
-                address = self.names.get(query.name)
-                self.sock.sendto(query.answer([address]) if address else query.answer(rcode=RCODE_NXDOMAIN), peer)
+                self.sock.sendto(self.answer(data), peer)
+
+    def _serve_tcp(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                continue
+            with conn, contextlib.suppress(ValueError, OSError, struct.error):
+                conn.settimeout(2)
+                size = struct.unpack("!H", conn.recv(2))[0]
+                data = b""
+                while len(data) < size:
+                    data += conn.recv(size - len(data)) or b"!"
+                answer = self.answer(data, tcp=True)
+                conn.sendall(struct.pack("!H", len(answer)) + answer)
 
     def stop(self) -> None:
         self.stopping.set()
         self.join(2)
+        self.tcp.join(2)
         self.sock.close()
+        self.listener.close()
