@@ -13,10 +13,7 @@ pytestmark = [pytest.mark.live, pytest.mark.browser]
 def test_create_a_network_run_on_it_and_see_addresses_and_ports(logged_in_page):
     page = logged_in_page
     net = "pnet-" + uuid.uuid4().hex[:6]
-    page.goto("/networks/")
-    page.fill("#network-form input[name=name]", net)
-    page.click("#network-form button")
-    expect(page.locator("h1")).to_have_text(f"Network {net}")
+    create_network(page, net)
     port = free_port()
     name = "pweb-" + uuid.uuid4().hex[:6]
     page.goto("/containers/run/")
@@ -40,6 +37,20 @@ def test_create_a_network_run_on_it_and_see_addresses_and_ports(logged_in_page):
     page.get_by_role("button", name="Remove").click()
     expect(page.locator(".messages")).to_contain_text("Cannot remove")
     page.goto(f"/containers/{name}/")
+    remove_container_then_network(page, net)
+
+
+def create_network(page, net: str, subnet: str = "") -> None:
+    page.goto("/networks/")
+    page.fill("#network-form input[name=name]", net)
+    if subnet:
+        page.fill("#network-form input[name=subnet]", subnet)
+    page.click("#network-form button")
+    expect(page.locator("h1")).to_have_text(f"Network {net}")
+
+
+def remove_container_then_network(page, net: str) -> None:
+    """From the container's page: force-remove it, then remove the network from its page."""
     page.check("#actions input[name=force]")
     page.once("dialog", lambda d: d.accept())
     page.locator("#actions").get_by_role("button", name="Remove").click()
@@ -53,11 +64,7 @@ def test_the_run_form_sets_a_fixed_address_and_refuses_it_off_user_networks(logg
     page = logged_in_page
     tag = uuid.uuid4().hex[:6]
     net, name = f"ipnet-{tag}", f"ipweb-{tag}"
-    page.goto("/networks/")
-    page.fill("#network-form input[name=name]", net)
-    page.fill("#network-form input[name=subnet]", "10.90.213.0/24")
-    page.click("#network-form button")
-    expect(page.locator("h1")).to_have_text(f"Network {net}")
+    create_network(page, net, "10.90.213.0/24")
     page.goto("/containers/run/")
     page.fill("#run-form input[name=image]", "busybox")
     page.fill("#run-form input[name=command]", "sleep 300")
@@ -70,10 +77,4 @@ def test_the_run_form_sets_a_fixed_address_and_refuses_it_off_user_networks(logg
     page.click("#run-form button[type=submit]")
     expect(page.locator("#state")).to_contain_text("Running")
     expect(page.locator("#addresses")).to_contain_text(f"{net}: 10.90.213.77")
-    page.check("#actions input[name=force]")
-    page.once("dialog", lambda d: d.accept())
-    page.locator("#actions").get_by_role("button", name="Remove").click()
-    page.goto(f"/networks/{net}/")
-    page.once("dialog", lambda d: d.accept())
-    page.get_by_role("button", name="Remove").click()
-    expect(page.locator("#networks")).not_to_contain_text(net)
+    remove_container_then_network(page, net)
