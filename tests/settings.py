@@ -22,8 +22,11 @@ if "BERTH_TEST_DIR" not in os.environ:
     os.environ["RUNTIME_RUN_ROOT"] = os.path.join(os.environ["BERTH_TEST_DIR"], "run")
     os.environ["REDIS_URL"] = f"redis://127.0.0.1:{_free_port()}/0"
     os.environ["BERTH_NODE"] = "testnode"
-    # The embedded DNS relays unknown names to a stub on loopback that tests start (tests/support/dns.py).
-    os.environ["BERTH_TEST_DNS_UPSTREAM"] = f"127.0.0.1:{_free_port()}"
+    # The embedded DNS relays unknown names to a stub on loopback that tests start (tests/support/dns.py);
+    # its port is held from now on, so nothing else takes it meanwhile.
+    from tests.support.dns import reserve
+
+    os.environ["BERTH_TEST_DNS_UPSTREAM"] = reserve()
     os.environ["BERTH_DNS_UPSTREAMS"] = os.environ["BERTH_TEST_DNS_UPSTREAM"]
     # Playwright's sync API runs an event loop in the test thread; tests never touch the ORM there.
     os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"

@@ -76,7 +76,7 @@ _IN_MOVED_TO = 0x00000080  # inotify: a release was queued (renamed into the rel
 # claimed the entry (its runc create and start) for the CPUs; at most POOL_SETTLE_MAX, and not at all
 # when the pool is empty (the next start would make its namespace itself).
 POOL_QUIET = 0.1
-DNS_BIND_WAIT = 0.5
+DNS_BIND_WAIT = 3.0
 POOL_SETTLE_MAX = 1.0
 NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 ISOLATION_1 = "BERTH-ISOLATION-1"
@@ -639,8 +639,7 @@ class NetworkManager:
                 raise
             # Its last holder may be a container that just stopped, its lease still in a queued
             # release (the keeper waits for quiet): run this network's releases, then try again.
-            if not self.finish_releases(network=doc["Name"]):
-                raise InvalidArgument(f"Address already in use: {ip} on network {doc['Name']}") from exc
+            self.finish_releases(network=doc["Name"])  # none left may mean the keeper just ran it
             self.cni.delete(conf, runtime_config, att["cni_id"], ep["netns"], ifname)  # what the failed ADD made
             try:
                 att["result"] = self.cni.add(conf, runtime_config, att["cni_id"], ep["netns"], ifname, args=f"IP={ip}")
@@ -1048,6 +1047,9 @@ class NetworkManager:
         if asker is None:
             return None
         name = name.rstrip(".").lower()
+        # A resolver that appends the search domains first (busybox's nslookup) asks for
+        # ``<name>.<domain>``: that is the container ``<name>`` too.
+        names = {name} | {name[:-len(d) - 1] for d in self._search_domains(asker["id"]) if name.endswith("." + d)}
         attached = list((asker.get("attachments") or {}))
         for net in [network] + [n for n in attached if n != network and n not in PREDEFINED]:
             found = []
@@ -1056,12 +1058,22 @@ class NetworkManager:
                 if not att or not att.get("ip"):
                     continue
                 aliases = (ep.get("networks", {}).get(net) or {}).get("aliases") or []
-                if name in {ep.get("name", "").lstrip("/").lower(), ep["id"], ep["id"][:12], *(a.lower() for a in aliases)}:
+                if names & {ep.get("name", "").lstrip("/").lower(), ep["id"], ep["id"][:12], *(a.lower() for a in aliases)}:
                     found.append(att["ip"])
             if found:
                 return found, True
         internal = {d["Name"]: bool(d.get("Internal")) for d in self._stored()}
         return [], any(not internal.get(n, False) for n in attached)
+
+    def _search_domains(self, cid: str) -> list[str]:
+        """The search domains of a container's resolv.conf (lower case, no trailing dot)."""
+        try:
+            with open(os.path.join(self.containers.root, cid, "resolv.conf")) as f:
+                lines = [line.split() for line in f]
+        except (OSError, AttributeError):
+            return []
+        domains = next((words[1:] for words in reversed(lines) if words and words[0] in ("search", "domain")), [])
+        return [d.rstrip(".").lower() for d in domains if d.strip(".")]
 
     def nameserver(self, record) -> str | None:
         """The embedded DNS's address for the container's resolv.conf: the gateway of its first

@@ -9,6 +9,40 @@ import threading
 
 from runtime.network.dns import RCODE_NXDOMAIN, Query
 
+_RESERVED: dict[str, tuple[socket.socket, socket.socket]] = {}
+
+
+def reserve(host: str = "127.0.0.1") -> str:
+    """``host:port`` with a UDP and a TCP socket already bound there (kept until a StubDns takes
+    them), so that nothing else gets the port between the settings naming it and the stub."""
+    while True:
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        udp.bind((host, 0))
+        port = udp.getsockname()[1]
+        tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            tcp.bind((host, port))
+        except OSError:
+            udp.close()
+            tcp.close()
+            continue
+        address = f"{host}:{port}"
+        _RESERVED[address] = (udp, tcp)
+        return address
+
+
+def _bound(address: str) -> tuple[socket.socket, socket.socket]:
+    if address in _RESERVED:
+        return _RESERVED.pop(address)
+    host, _, port = address.rpartition(":")
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind((host, int(port)))
+    tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    tcp.bind((host, int(port)))
+    return udp, tcp
+
 
 class StubDns(threading.Thread):
     """Answers ``names`` ({name: address}) with their address, anything else NXDOMAIN, over UDP and
@@ -16,13 +50,8 @@ class StubDns(threading.Thread):
 
     def __init__(self, address: str, names: dict[str, str]):
         super().__init__(daemon=True, name="stub-dns")
-        host, _, port = address.rpartition(":")
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind((host, int(port)))
+        self.sock, self.listener = _bound(address)
         self.sock.settimeout(0.2)
-        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.listener.bind((host, int(port)))
         self.listener.listen(8)
         self.listener.settimeout(0.2)
         self.names, self.asked = names, []
@@ -61,8 +90,9 @@ class StubDns(threading.Thread):
                 conn.sendall(struct.pack("!H", len(answer)) + answer)
 
     def stop(self) -> None:
+        """Stop answering; the port stays reserved (a later stub of the session takes it again)."""
         self.stopping.set()
         self.join(2)
         self.tcp.join(2)
-        self.sock.close()
-        self.listener.close()
+        address = f"{self.sock.getsockname()[0]}:{self.sock.getsockname()[1]}"
+        _RESERVED[address] = (self.sock, self.listener)

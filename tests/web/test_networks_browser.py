@@ -1,5 +1,7 @@
 """Networks in Chromium: create one, run a published web server on it, open its port from the page."""
 
+import ipaddress
+import re
 import uuid
 
 import pytest
@@ -40,11 +42,9 @@ def test_create_a_network_run_on_it_and_see_addresses_and_ports(logged_in_page):
     remove_container_then_network(page, net)
 
 
-def create_network(page, net: str, subnet: str = "") -> None:
+def create_network(page, net: str) -> None:
     page.goto("/networks/")
     page.fill("#network-form input[name=name]", net)
-    if subnet:
-        page.fill("#network-form input[name=subnet]", subnet)
     page.click("#network-form button")
     expect(page.locator("h1")).to_have_text(f"Network {net}")
 
@@ -64,11 +64,13 @@ def test_the_run_form_sets_a_fixed_address_and_refuses_it_off_user_networks(logg
     page = logged_in_page
     tag = uuid.uuid4().hex[:6]
     net, name = f"ipnet-{tag}", f"ipweb-{tag}"
-    create_network(page, net, "10.90.213.0/24")
+    create_network(page, net)
+    subnet = re.search(r"(\d+\.\d+\.\d+\.\d+/\d+) \(gateway", page.content())[1]
+    address = str(ipaddress.IPv4Network(subnet).network_address + 77)
     page.goto("/containers/run/")
     page.fill("#run-form input[name=image]", "busybox")
     page.fill("#run-form input[name=command]", "sleep 300")
-    page.fill("#run-form input[name=ip]", "10.90.213.77")
+    page.fill("#run-form input[name=ip]", address)
     page.click("#run-form button[type=submit]")
     expect(page.locator("#run-errors")).to_contain_text("supported on user defined networks only")
     page.fill("#run-form input[name=name]", name)
@@ -76,5 +78,5 @@ def test_the_run_form_sets_a_fixed_address_and_refuses_it_off_user_networks(logg
     page.fill("#run-form input[name=network_aliases]", "primary")
     page.click("#run-form button[type=submit]")
     expect(page.locator("#state")).to_contain_text("Running")
-    expect(page.locator("#addresses")).to_contain_text(f"{net}: 10.90.213.77")
+    expect(page.locator("#addresses")).to_contain_text(f"{net}: {address}")
     remove_container_then_network(page, net)
