@@ -318,7 +318,7 @@ def _init_ahead(container_id: str) -> None:
         return  # no worker to overlap with: the start creates it
     try:
         nodes.send(tasks.hijack, "init", container_id)
-    except Exception:  # noqa: BLE001 - an optimisation: the start creates it anyway
+    except Exception:  # an optimisation: the start creates it anyway
         logger.warning("could not queue the early init of %s", container_id[:12], exc_info=True)
 
 

@@ -31,7 +31,7 @@ import select
 import socket
 import struct
 import threading
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 logger = logging.getLogger(__name__)
 

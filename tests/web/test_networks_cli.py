@@ -141,7 +141,7 @@ def test_the_embedded_dns_answers_only_its_own_network(docker, upstream_dns):
                      f"timeout 8 nslookup -type=a {srv} {gw_b}; echo exit=$?", check=False, timeout=60).stdout
         assert "exit=0" not in out and "Name:" not in out, out
         # The redirect's target, asked from the host: no answer either.
-        rules = subprocess.run(["iptables", "-t", "nat", "-S"], capture_output=True, text=True).stdout
+        rules = subprocess.run(["iptables", "-t", "nat", "-S"], check=True, capture_output=True, text=True).stdout
         target = next(r.split("--to-destination ")[1].split()[0] for r in rules.splitlines()
                       if f"-d {gw_b}/32" in r and "--to-destination" in r)
         host, port = target.split(":")
