@@ -678,8 +678,10 @@ class ImageStore:
     def history(self, name_or_id: str) -> list[dict]:
         """Return ``GET /images/{name}/history``: one entry per config history item, newest first.
 
-        As in moby, only the newest entry carries the image id and its tags; the others say
-        ``<missing>`` (their intermediate images are not stored). Size is the unpacked size of the
+        The newest entry carries the image id and its tags. As with dockerd's classic builder, an
+        older entry carries the id (and tags) of the image that entry ended, when that image is
+        still here: the steps of a build (the build cache knows each step's parent) down to the
+        image it started FROM; the others say ``<missing>``. Size is the unpacked size of the
         layer an entry made, 0 for ``empty_layer`` entries. A config without history gets one
         entry per layer so the answer is never empty for an image with layers.
         """
@@ -706,11 +708,58 @@ class ImageStore:
                 "Size": size,
                 "Comment": _str(item.get("comment")),
             })
+        if isinstance(record.config.get("history"), list):
+            self._name_build_steps(record, [h for h in history if isinstance(h, dict)], entries)
         entries.reverse()
         if entries:
             entries[0]["Id"] = record.id
             entries[0]["Tags"] = list(record.repo_tags)
         return entries
+
+    def _name_build_steps(self, record: ImageRecord, history: list[dict], entries: list[dict]) -> None:
+        """Give the entries (oldest first) of a built image the ids of its steps' images: the
+        image a step made has the first k history items of the final one, k its own count."""
+        parents = self.build_parents()
+        seen, current = {record.id}, parents.get(record.id)
+        while current and current not in seen:
+            seen.add(current)
+            try:
+                ancestor = self.get(current)
+            except (NotFound, InvalidArgument):
+                return
+            own = [h for h in ancestor.config.get("history") or [] if isinstance(h, dict)]
+            k = len(own)
+            if not 0 < k <= len(history) or own[-1].get("created_by") != history[k - 1].get("created_by"):
+                return  # not a prefix of this image's history: not its parent after all
+            entries[k - 1]["Id"] = ancestor.id
+            entries[k - 1]["Tags"] = list(ancestor.repo_tags) or None
+            current = parents.get(current)
+
+    def _built_from(self, image_id: str) -> str:
+        """The image a build step made ``image_id`` from, while it is still here (else "")."""
+        parent = self.build_parents().get(image_id, "")
+        return parent if parent and self._read_record_doc(parent) is not None else ""
+
+    def build_parents(self) -> dict[str, str]:
+        """Image id -> the image its build step started from, as the build cache
+        (``<root>/build-cache/``, runtime.build.builder.BuildCache) records them."""
+        directory = os.path.join(self.root, "build-cache")
+        out: dict[str, str] = {}
+        try:
+            names = os.listdir(directory)
+        except FileNotFoundError:
+            return out
+        for name in names:
+            if not name.endswith(".json") or name.startswith("."):
+                continue
+            try:
+                with open(os.path.join(directory, name)) as f:
+                    doc = json.load(f)
+            except (OSError, ValueError):
+                continue
+            if isinstance(doc, dict) and isinstance(doc.get("image"), str) and isinstance(doc.get("parent"), str):
+                out.setdefault(doc["image"], doc["parent"])
+        return out
 
     def _layer_size(self, chain_id: str) -> int:
         try:
@@ -732,7 +781,7 @@ class ImageStore:
             "Id": record.id,
             "RepoTags": list(record.repo_tags),
             "RepoDigests": list(record.repo_digests),
-            "Parent": record.parent,
+            "Parent": record.parent or self._built_from(record.id),
             "Comment": _str(config.get("comment")),
             "Created": record.created or ZERO_TIME,
             "Container": _str(config.get("container")),

@@ -248,6 +248,27 @@ def test_history_shows_created_by_and_empty_layers(engine, first):
     assert len(non_empty) == len(image.chain_ids)
 
 
+def test_history_names_the_images_of_the_steps_as_the_classic_builder_does(engine):
+    """Each entry a build step ended shows that step's image id (the base image's with its tags),
+    the final one its own; what came before the base image says <missing>. Inspect names the
+    parent step's image."""
+    image, _ = run_build(engine, {"Dockerfile": "FROM busybox\nRUN echo a > /a\nENV X=1\nRUN echo b > /b\n"},
+                         tags=["steps:1"])
+    shown = engine.images.history("steps:1")
+    base = engine.images.resolve("busybox:latest")
+    ids = [h["Id"] for h in shown]
+    assert ids[0] == image.id and shown[0]["Tags"] == ["steps:1"]
+    base_index = len(shown) - len(base.config["history"])
+    assert ids[base_index] == base.id and shown[base_index]["Tags"] == ["busybox:latest"]
+    steps = ids[1:base_index]
+    assert len(steps) == 2 and all(i.startswith("sha256:") for i in steps) and len(set(steps)) == 2
+    assert all(i == "<missing>" for i in ids[base_index + 1:])
+    assert [h["CreatedBy"] for h in shown[:4]] == ["/bin/sh -c echo b > /b", "/bin/sh -c #(nop)  ENV X=1",
+                                                   "/bin/sh -c echo a > /a", shown[base_index]["CreatedBy"]]
+    assert engine.images.inspect("steps:1")["Parent"] == steps[0]
+    assert engine.images.inspect(steps[-1])["Parent"] == base.id
+
+
 def test_run_history_and_build_arg_prefix(engine):
     files = {"Dockerfile": "FROM busybox\nARG V=1\nRUN echo $V > /v\n"}
     image, _ = run_build(engine, files)
