@@ -47,6 +47,7 @@ UPSTREAM_TIMEOUT = 3.0
 MAX_QUERY = 4096
 
 QTYPE_A = 1
+QTYPE_PTR = 12
 QTYPE_ANY = 255
 RCODE_SERVFAIL = 2
 RCODE_NXDOMAIN = 3
@@ -88,6 +89,38 @@ class Query:
         for address in addresses:
             out.append(struct.pack("!HHHIH", 0xC00C, QTYPE_A, 1, TTL, 4) + socket.inet_aton(address))
         return b"".join(out)
+
+    @property
+    def reverse(self) -> bool:
+        """A question about an IPv4 address (``d.c.b.a.in-addr.arpa``)."""
+        return self.name.endswith(".in-addr.arpa")
+
+    def answer_names(self, names: Iterable[str]) -> bytes:
+        """PTR records: the names of the address asked about (an empty answer for other types)."""
+        names = list(names) if self.qtype in (QTYPE_PTR, QTYPE_ANY) and self.qclass == 1 else []
+        flags = 0x8000 | (self.flags & 0x7900) | 0x0400 | 0x0080
+        out = [struct.pack("!HHHHHH", self.id, flags, 1, len(names), 0, 0), self.question]
+        for name in names:
+            rdata = encode_name(name)
+            out.append(struct.pack("!HHHIH", 0xC00C, QTYPE_PTR, 1, TTL, len(rdata)) + rdata)
+        return b"".join(out)
+
+
+def encode_name(name: str) -> bytes:
+    """A domain name in DNS wire format (labels of at most 63 bytes; longer ones are cut)."""
+    labels = [label.encode("ascii", "replace")[:63] for label in name.rstrip(".").split(".") if label]
+    return b"".join(bytes([len(label)]) + label for label in labels) + b"\0"
+
+
+def reverse_address(name: str) -> str | None:
+    """The IPv4 address of ``d.c.b.a.in-addr.arpa``, or None."""
+    parts = name.lower().rstrip(".").split(".")
+    if len(parts) != 6 or parts[4:] != ["in-addr", "arpa"]:
+        return None
+    try:
+        return socket.inet_ntoa(socket.inet_aton(".".join(reversed(parts[:4]))))
+    except OSError:
+        return None
 
 
 def _read_message(conn: socket.socket) -> bytes | None:
@@ -310,9 +343,9 @@ class DnsServer(threading.Thread):
             return query.answer(rcode=RCODE_SERVFAIL)
         if verdict is None:
             return None  # not a container of this network
-        addresses, may_relay = verdict
-        if addresses:
-            return query.answer(addresses)
+        records, may_relay = verdict
+        if records:
+            return query.answer_names(records) if query.reverse else query.answer(records)
         return True if may_relay else query.answer(rcode=RCODE_REFUSED)
 
     def _relay(self, sock: socket.socket, data: bytes, query: Query, peer) -> None:

@@ -1047,6 +1047,8 @@ class NetworkManager:
         if asker is None:
             return None
         name = name.rstrip(".").lower()
+        if name.endswith(".in-addr.arpa"):
+            return self._dns_reverse(asker, network, name, endpoints)
         # A resolver that appends the search domains first (busybox's nslookup) asks for
         # ``<name>.<domain>``: that is the container ``<name>`` too.
         names = {name} | {name[:-len(d) - 1] for d in self._search_domains(asker["id"]) if name.endswith("." + d)}
@@ -1062,8 +1064,26 @@ class NetworkManager:
                     found.append(att["ip"])
             if found:
                 return found, True
+        return [], self._may_relay(attached)
+
+    def _dns_reverse(self, asker: dict, network: str, name: str, endpoints: list[dict]) -> tuple[list[str], bool]:
+        """PTR: ``<container name>.<network>`` for an address of a container on one of the asker's
+        user networks (as Docker answers); another address is relayed like any other name."""
+        from .dns import reverse_address
+
+        address = reverse_address(name)
+        attached = list((asker.get("attachments") or {}))
+        for net in [network] + [n for n in attached if n != network and n not in PREDEFINED]:
+            for ep in endpoints:
+                att = (ep.get("attachments") or {}).get(net)
+                if address and att and att.get("ip") == address and ep.get("name"):
+                    return [f"{ep['name'].lstrip('/')}.{net}"], True
+        return [], self._may_relay(attached)
+
+    def _may_relay(self, attached: list[str]) -> bool:
+        """Whether a container on these networks has a way out (not all of them internal)."""
         internal = {d["Name"]: bool(d.get("Internal")) for d in self._stored()}
-        return [], any(not internal.get(n, False) for n in attached)
+        return any(not internal.get(n, False) for n in attached)
 
     def _search_domains(self, cid: str) -> list[str]:
         """The search domains of a container's resolv.conf (lower case, no trailing dot)."""

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from runtime.network.dns import RCODE_REFUSED, DnsServer, Query, host_upstreams, parse_upstream
+from runtime.network.dns import RCODE_REFUSED, DnsServer, Query, host_upstreams, parse_upstream, reverse_address
 
 
 def query(name: str, qtype: int = 1, flags: int = 0x0100, qid: int = 0x1234) -> bytes:
@@ -136,3 +136,14 @@ def test_no_answer_off_the_bridge_or_to_a_stranger(served):
     assert served.udp("web", source="127.0.0.2", timeout=0.5) is None  # not a container of the network
     assert served.udp("web", network="far", timeout=0.5) is None  # came in on lo, not on that network's bridge
     assert addresses(served.udp("web")) == ["10.90.0.5"]  # and the server still answers its own
+
+
+def test_reverse_names():
+    assert reverse_address("5.0.90.10.in-addr.arpa") == "10.90.0.5"
+    assert reverse_address("5.0.90.in-addr.arpa") is None and reverse_address("x.0.90.10.in-addr.arpa") is None
+    q = Query(query("5.0.90.10.in-addr.arpa", qtype=12))
+    assert q.reverse
+    answer = q.answer_names(["web.appnet"])
+    assert struct.unpack("!H", answer[6:8])[0] == 1
+    assert answer.endswith(b"\x03web\x06appnet\x00")
+    assert struct.unpack("!H", Query(query("5.0.90.10.in-addr.arpa")).answer_names(["web"])[6:8])[0] == 0  # type A

@@ -78,7 +78,7 @@ def test_the_embedded_dns_answers_names_and_aliases_and_relays_the_rest(docker, 
         ip = inspect["NetworkSettings"]["Networks"][net]["IPAddress"]
         gateway = inspect["NetworkSettings"]["Networks"][net]["Gateway"]
         script = (f"cat /etc/resolv.conf; for n in {srv} ALIAS-{tag} {sid[:12]} outside.test nowhere-{tag}.test; "
-                  f"do echo \"== $n\"; nslookup -type=a $n; done")
+                  f"do echo \"== $n\"; nslookup -type=a $n; done; echo '== reverse'; nslookup {ip}")
         # A search domain, as DHCP often sets one: busybox's nslookup then asks <name>.corp.example.
         out = docker("run", "--rm", "--network", net, "--dns-search", "corp.example", "busybox", "sh", "-c", script,
                      check=False).stdout
@@ -91,6 +91,7 @@ def test_the_embedded_dns_answers_names_and_aliases_and_relays_the_rest(docker, 
         assert found[srv] == [ip] and found[f"ALIAS-{tag}"] == [ip] and found[sid[:12]] == [ip], out
         assert found["outside.test"] == ["192.0.2.10"] and "outside.test" in upstream_dns.asked, out
         assert found[f"nowhere-{tag}.test"] == [] and "NXDOMAIN" in out, out
+        assert f"name = {srv}.{net}" in out.split("== reverse", 1)[1], out  # PTR, as Docker's DNS answers
         bridge = docker("run", "--rm", "busybox", "cat", "/etc/resolv.conf").stdout
         assert f"nameserver {gateway}" not in bridge and "ndots:0" not in bridge, bridge
         # An internal network has no way out: its members answer, other names are refused, not relayed.
