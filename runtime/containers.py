@@ -1021,7 +1021,7 @@ class ContainerStore:
         """The container's /etc/resolv.conf: the host's, its --dns options, or the embedded DNS of
         its user-defined network (runtime/network/dns.py)."""
         config = record.config
-        embedded = None if host_network or config.dns else getattr(self.network, "nameserver", lambda r: None)(record)
+        embedded = None if host_network else getattr(self.network, "nameserver", lambda r: None)(record)
         return oci_spec.resolv_conf(_read_host_file("/etc/resolv.conf"), dns=config.dns,
                                     dns_search=config.dns_search, dns_options=config.dns_options,
                                     host_network=host_network, embedded=embedded)

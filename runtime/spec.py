@@ -931,7 +931,7 @@ def resolv_conf(host_resolv_conf: bytes | None, *, dns: Iterable[str] = (), dns_
     loopback (unreachable from another netns), falling back to Google's when none is left.
     ``dns``/``dns_search``/``dns_options`` replace the corresponding host lines. ``embedded``: the
     address of the embedded DNS of the container's user-defined network, its only nameserver
-    (with ``ndots:0``, as Docker's 127.0.0.11) unless ``dns`` names others.
+    (with ``ndots:0``, as Docker's 127.0.0.11), which relays to ``dns`` when given.
     """
     text = (host_resolv_conf or b"").decode("utf-8", "replace")
     nameservers, search, options, other = [], [], [], []
@@ -948,11 +948,11 @@ def resolv_conf(host_resolv_conf: bytes | None, *, dns: Iterable[str] = (), dns_
         else:
             other.append(line)
     dns, dns_search, dns_options = list(dns), list(dns_search), list(dns_options)
-    if dns:
-        nameservers = dns
-    elif embedded and not host_network:
-        nameservers = [embedded]
+    if embedded and not host_network:
+        nameservers = [embedded]  # it relays to ``dns`` when there are some
         options = [o for o in options if not o.startswith("ndots:")] + ["ndots:0"]
+    elif dns:
+        nameservers = dns
     elif not host_network:
         nameservers = [n for n in nameservers if not _is_loopback(n)] or list(DEFAULT_NAMESERVERS)
     if dns_search:

@@ -167,7 +167,8 @@ def parse_upstream(text: str) -> tuple[str, int]:
 
 class DnsServer(threading.Thread):
     """Answers for the networks ``networks()`` gives: {name: (gateway, bridge)}; ``answer(network,
-    name, source)`` says what: (addresses, may_relay), or None for no answer at all. ``on_bound``
+    name, source)`` says what: (records, relay), or None for no answer at all; ``relay`` is False
+    (REFUSED), True (relay to ``upstreams()``) or the asker's own upstreams (its ``--dns``). ``on_bound``
     gets {network: (gateway, udp port, bridge, tcp port)} whenever the sockets change. Looks at the networks
     every ``refresh`` seconds, and at once when ``watch_dir`` changes."""
 
@@ -328,14 +329,14 @@ class DnsServer(threading.Thread):
             self._send(sock, query.answer(rcode=RCODE_SERVFAIL), peer)  # too many at once
         else:
             try:
-                threading.Thread(target=self._relay, args=(sock, data, query, peer), daemon=True,
+                threading.Thread(target=self._relay, args=(sock, data, query, peer, verdict), daemon=True,
                                  name="berth-dns-relay").start()
             except RuntimeError:
                 self.relays.release()
                 self._send(sock, query.answer(rcode=RCODE_SERVFAIL), peer)
 
-    def _verdict(self, network: str, query: Query, source: str) -> bytes | bool | None:
-        """The answer (bytes), True to relay it upstream, or None for no answer at all."""
+    def _verdict(self, network: str, query: Query, source: str) -> bytes | list[str] | None:
+        """The answer (bytes), the upstreams to relay it to (a list), or None for no answer at all."""
         try:
             verdict = self.answer(network, query.name, source)
         except Exception:
@@ -343,21 +344,24 @@ class DnsServer(threading.Thread):
             return query.answer(rcode=RCODE_SERVFAIL)
         if verdict is None:
             return None  # not a container of this network
-        records, may_relay = verdict
+        records, relay = verdict
         if records:
             return query.answer_names(records) if query.reverse else query.answer(records)
-        return True if may_relay else query.answer(rcode=RCODE_REFUSED)
+        if not relay:
+            return query.answer(rcode=RCODE_REFUSED)
+        return list(relay) if isinstance(relay, (list, tuple)) else list(self.upstreams())
 
-    def _relay(self, sock: socket.socket, data: bytes, query: Query, peer) -> None:
+    def _relay(self, sock: socket.socket, data: bytes, query: Query, peer, upstreams: list[str]) -> None:
         try:
-            self._send(sock, self._ask_upstreams(data, tcp=False) or query.answer(rcode=RCODE_SERVFAIL), peer)
+            answer = self._ask_upstreams(data, upstreams, tcp=False)
+            self._send(sock, answer or query.answer(rcode=RCODE_SERVFAIL), peer)
         finally:
             self.relays.release()
 
-    def _ask_upstreams(self, data: bytes, *, tcp: bool) -> bytes | None:
+    def _ask_upstreams(self, data: bytes, upstreams: list[str], *, tcp: bool) -> bytes | None:
         """Ask each upstream in turn (over TCP for a TCP query: its answer may be long); the first
         answer, whatever its code."""
-        for upstream in self.upstreams():
+        for upstream in upstreams:
             try:
                 with socket.socket(socket.AF_INET, socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM) as out:
                     out.settimeout(UPSTREAM_TIMEOUT)
@@ -410,8 +414,8 @@ class DnsServer(threading.Thread):
                     verdict = self._verdict(network, query, peer[0])
                     if verdict is None:
                         return
-                    if verdict is True:
-                        verdict = self._ask_upstreams(data, tcp=True) or query.answer(rcode=RCODE_SERVFAIL)
+                    if isinstance(verdict, list):
+                        verdict = self._ask_upstreams(data, verdict, tcp=True) or query.answer(rcode=RCODE_SERVFAIL)
                     conn.sendall(struct.pack("!H", len(verdict)) + verdict)
         except OSError:
             pass

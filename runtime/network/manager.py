@@ -1035,7 +1035,7 @@ class NetworkManager:
 
         return list(getattr(self.config, "dns_upstreams", ()) or ()) or host_upstreams()
 
-    def dns_answer(self, network: str, name: str, source: str) -> tuple[list[str], bool] | None:
+    def dns_answer(self, network: str, name: str, source: str) -> tuple[list[str], bool | list[str]] | None:
         """What the DNS says to ``source`` asking for ``name`` on ``network``: None when no container
         there has that address (no answer); else the addresses of the running containers called
         ``name`` (name, network alias, id or short id; any case) on the asker's user networks, the
@@ -1064,9 +1064,10 @@ class NetworkManager:
                     found.append(att["ip"])
             if found:
                 return found, True
-        return [], self._may_relay(attached)
+        return [], self._relay_for(asker)
 
-    def _dns_reverse(self, asker: dict, network: str, name: str, endpoints: list[dict]) -> tuple[list[str], bool]:
+    def _dns_reverse(self, asker: dict, network: str, name: str,
+                     endpoints: list[dict]) -> tuple[list[str], bool | list[str]]:
         """PTR: ``<container name>.<network>`` for an address of a container on one of the asker's
         user networks (as Docker answers); another address is relayed like any other name."""
         from .dns import reverse_address
@@ -1078,12 +1079,20 @@ class NetworkManager:
                 att = (ep.get("attachments") or {}).get(net)
                 if address and att and att.get("ip") == address and ep.get("name"):
                     return [f"{ep['name'].lstrip('/')}.{net}"], True
-        return [], self._may_relay(attached)
+        return [], self._relay_for(asker)
 
-    def _may_relay(self, attached: list[str]) -> bool:
-        """Whether a container on these networks has a way out (not all of them internal)."""
+    def _relay_for(self, asker: dict) -> bool | list[str]:
+        """Where the DNS relays what the asker's networks do not name: nowhere (False) when all of
+        them are internal, to the asker's own ``--dns`` servers when it has some (as Docker's
+        embedded DNS does), else to the default upstreams (True)."""
         internal = {d["Name"]: bool(d.get("Internal")) for d in self._stored()}
-        return any(not internal.get(n, False) for n in attached)
+        if not any(not internal.get(n, False) for n in (asker.get("attachments") or {})):
+            return False
+        try:
+            own = list(self.containers.get(asker["id"], sync=False).config.dns or [])
+        except (NotFound, AttributeError):
+            own = []
+        return own or True
 
     def _search_domains(self, cid: str) -> list[str]:
         """The search domains of a container's resolv.conf (lower case, no trailing dot)."""

@@ -114,6 +114,34 @@ def test_the_embedded_dns_answers_names_and_aliases_and_relays_the_rest(docker, 
         docker("network", "rm", net, inner, check=False)
 
 
+def test_dns_on_a_user_network_relays_to_the_containers_own_servers(docker, upstream_dns):
+    """``--dns`` on a user-defined network: the container's nameserver is still the embedded DNS
+    (names of the network answer), which relays other names to the --dns servers, as Docker's."""
+    try:
+        own = StubDns("127.88.0.53:53", {"mine.test": "192.0.2.20"})
+    except OSError as e:
+        pytest.skip(f"cannot serve DNS on 127.88.0.53:53 here: {e}")
+    own.start()
+    tag = uuid.uuid4().hex[:6]
+    net, srv = f"owndns-{tag}", f"srv-{tag}"
+    try:
+        docker("network", "create", net)
+        docker("run", "-d", "--name", srv, "--network", net, "busybox", "sleep", "300")
+        gateway = json.loads(docker("network", "inspect", net).stdout)[0]["IPAM"]["Config"][0]["Gateway"]
+        asked = len(upstream_dns.asked)
+        out = docker("run", "--rm", "--network", net, "--dns", "127.88.0.53", "--dns-search", ".", "busybox", "sh",
+                     "-c", f"cat /etc/resolv.conf; nslookup -type=a mine.test; nslookup -type=a {srv}",
+                     check=False).stdout
+        assert f"nameserver {gateway}" in out and "127.88.0.53" not in out.split("Server:")[0], out
+        assert "Address: 192.0.2.20" in out and "mine.test" in own.asked, out
+        assert f"Name:\t{srv}" in out or f"Name:  {srv}" in out or f"Name: {srv}" in out, out
+        assert len(upstream_dns.asked) == asked  # not the default upstream
+    finally:
+        own.stop()
+        docker("rm", "-f", srv, check=False)
+        docker("network", "rm", net, check=False)
+
+
 def _port_free(port: int, host: str = "127.0.0.1") -> bool:
     import socket
 
