@@ -40,6 +40,7 @@ import dataclasses
 import errno
 import fcntl
 import functools
+import hashlib
 import json
 import os
 import re
@@ -1015,7 +1016,22 @@ class ContainerStore:
             path = os.path.join(directory, name)
             _write_text(path, text)
             paths[name] = path
+        self.remember_etc_file(record.id, "resolv.conf", files["resolv.conf"])
         return paths
+
+    def remember_etc_file(self, cid: str, name: str, text: str) -> None:
+        """Keep the digest of an /etc file as Berth wrote it (``etc_file_is_ours``)."""
+        _write_text(os.path.join(self._dir(cid), f".{name}.sha256"), hashlib.sha256(text.encode()).hexdigest())
+
+    def etc_file_is_ours(self, cid: str, name: str, content: str) -> bool:
+        """Whether an /etc file still has what Berth last wrote (not edited inside the container),
+        so that a rewrite (network connect, disconnect) may replace it; Docker keeps such a digest."""
+        try:
+            with open(os.path.join(self._dir(cid), f".{name}.sha256")) as f:
+                expected = f.read().strip()
+        except FileNotFoundError:
+            return True  # written before digests were kept
+        return hashlib.sha256(content.encode()).hexdigest() == expected
 
     def resolv_conf_text(self, record: ContainerRecord, *, host_network: bool = False) -> str:
         """The container's /etc/resolv.conf: the host's, its --dns options, or the embedded DNS of

@@ -738,7 +738,13 @@ class ImageStore:
     def _built_from(self, image_id: str) -> str:
         """The image a build step made ``image_id`` from, while it is still here (else "")."""
         parent = self.build_parents().get(image_id, "")
-        return parent if parent and self._read_record_doc(parent) is not None else ""
+        if not parent or self._read_record_doc(parent) is None:
+            return ""
+        try:
+            history = self.get(parent).config.get("history")
+        except (NotFound, InvalidArgument):
+            return ""
+        return parent if history else ""  # FROM scratch's stand-in is no parent (Docker shows "")
 
     def build_parents(self) -> dict[str, str]:
         """Image id -> the image its build step started from, as the build cache

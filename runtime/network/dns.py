@@ -31,6 +31,7 @@ import select
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable, Iterable
 
 logger = logging.getLogger(__name__)
@@ -38,8 +39,9 @@ logger = logging.getLogger(__name__)
 IP_FREEBIND = 15
 IP_PKTINFO = 8
 MAX_RELAYS = 32
-TCP_IDLE = 5.0
+TCP_SESSION = 10.0  # seconds a TCP connection may last, whatever it sends
 TCP_QUERIES = 16
+MAX_TCP_SESSIONS = 16
 _IN_DELETE = 0x00000200
 _IN_MOVED_FROM = 0x00000040
 TTL = 600
@@ -117,23 +119,29 @@ def reverse_address(name: str) -> str | None:
     parts = name.lower().rstrip(".").split(".")
     if len(parts) != 6 or parts[4:] != ["in-addr", "arpa"]:
         return None
-    try:
-        return socket.inet_ntoa(socket.inet_aton(".".join(reversed(parts[:4]))))
-    except OSError:
-        return None
+    octets = parts[:4]
+    if not all(o.isdigit() and o.isascii() and int(o) <= 255 and (o == "0" or not o.startswith("0")) for o in octets):
+        return None  # plain decimal octets only (inet_aton would read 010 as octal)
+    return ".".join(reversed(octets))
 
 
-def _read_message(conn: socket.socket) -> bytes | None:
-    """One length-prefixed DNS message from a TCP connection, or None at its end."""
-    head = _read_exact(conn, 2)
+def _read_message(conn: socket.socket, deadline: float | None = None) -> bytes | None:
+    """One length-prefixed DNS message from a TCP connection, or None at its end; OSError
+    (a timeout) past ``deadline`` (time.monotonic())."""
+    head = _read_exact(conn, 2, deadline)
     if head is None:
         return None
-    return _read_exact(conn, struct.unpack("!H", head)[0])
+    return _read_exact(conn, struct.unpack("!H", head)[0], deadline)
 
 
-def _read_exact(conn: socket.socket, size: int) -> bytes | None:
+def _read_exact(conn: socket.socket, size: int, deadline: float | None = None) -> bytes | None:
     chunks, left = [], size
     while left:
+        if deadline is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("DNS over TCP: the session is over")
+            conn.settimeout(remaining)
         chunk = conn.recv(left)
         if not chunk:
             return None
@@ -167,7 +175,8 @@ def parse_upstream(text: str) -> tuple[str, int]:
 
 class DnsServer(threading.Thread):
     """Answers for the networks ``networks()`` gives: {name: (gateway, bridge)}; ``answer(network,
-    name, source)`` says what: (records, relay), or None for no answer at all; ``relay`` is False
+    name, source, fallback=False)`` says what: (records, relay), or None for no answer at all (with
+    ``fallback``, the names it would answer only when the upstreams do not know them); ``relay`` is False
     (REFUSED), True (relay to ``upstreams()``) or the asker's own upstreams (its ``--dns``). ``on_bound``
     gets {network: (gateway, udp port, bridge, tcp port)} whenever the sockets change. Looks at the networks
     every ``refresh`` seconds, and at once when ``watch_dir`` changes."""
@@ -184,6 +193,7 @@ class DnsServer(threading.Thread):
         self.listeners: dict[str, socket.socket] = {}  # network -> its TCP socket (same address)
         self.stopping = threading.Event()
         self.relays = threading.BoundedSemaphore(MAX_RELAYS)
+        self.tcp_sessions = threading.BoundedSemaphore(MAX_TCP_SESSIONS)
         self._wake_r, self._wake_w = socket.socketpair()
         self._ifindex: dict[str, int] = {}
 
@@ -329,7 +339,7 @@ class DnsServer(threading.Thread):
             self._send(sock, query.answer(rcode=RCODE_SERVFAIL), peer)  # too many at once
         else:
             try:
-                threading.Thread(target=self._relay, args=(sock, data, query, peer, verdict), daemon=True,
+                threading.Thread(target=self._relay, args=(sock, network, data, query, peer, verdict), daemon=True,
                                  name="berth-dns-relay").start()
             except RuntimeError:
                 self.relays.release()
@@ -348,15 +358,35 @@ class DnsServer(threading.Thread):
         if records:
             return query.answer_names(records) if query.reverse else query.answer(records)
         if not relay:
-            return query.answer(rcode=RCODE_REFUSED)
+            return self._fallback(network, query, source) or query.answer(rcode=RCODE_REFUSED)
         return list(relay) if isinstance(relay, (list, tuple)) else list(self.upstreams())
 
-    def _relay(self, sock: socket.socket, data: bytes, query: Query, peer, upstreams: list[str]) -> None:
+    def _relay(self, sock: socket.socket, network: str, data: bytes, query: Query, peer,
+               upstreams: list[str]) -> None:
         try:
-            answer = self._ask_upstreams(data, upstreams, tcp=False)
-            self._send(sock, answer or query.answer(rcode=RCODE_SERVFAIL), peer)
+            self._send(sock, self._relayed(network, query, peer[0], data, upstreams, tcp=False), peer)
         finally:
             self.relays.release()
+
+    def _relayed(self, network: str, query: Query, source: str, data: bytes, upstreams: list[str], *,
+                 tcp: bool) -> bytes:
+        """The upstreams' answer; when they do not know the name (NXDOMAIN, or no answer), the
+        fallback answer (a container's name with a search domain appended), if any."""
+        answer = self._ask_upstreams(data, upstreams, tcp=tcp)
+        if answer is None or (len(answer) >= 4 and struct.unpack("!H", answer[2:4])[0] & 0x000F == RCODE_NXDOMAIN):
+            fallback = self._fallback(network, query, source)
+            if fallback is not None:
+                return fallback
+        return answer or query.answer(rcode=RCODE_SERVFAIL)
+
+    def _fallback(self, network: str, query: Query, source: str) -> bytes | None:
+        try:
+            verdict = self.answer(network, query.name, source, True)
+        except Exception:
+            return None
+        if verdict and verdict[0]:
+            return query.answer(verdict[0])
+        return None
 
     def _ask_upstreams(self, data: bytes, upstreams: list[str], *, tcp: bool) -> bytes | None:
         """Ask each upstream in turn (over TCP for a TCP query: its answer may be long); the first
@@ -386,25 +416,29 @@ class DnsServer(threading.Thread):
             conn, peer = listener.accept()
         except OSError:
             return
-        if not self.relays.acquire(blocking=False):
-            conn.close()  # too many at once
+        try:
+            member = self.answer(network, "", peer[0]) is not None
+        except Exception:
+            member = False
+        if not member or not self.tcp_sessions.acquire(blocking=False):
+            conn.close()  # not a container of this network (the port is reachable directly), or too many
             return
         try:
             threading.Thread(target=self._tcp_session, args=(conn, peer, network), daemon=True,
                              name="berth-dns-tcp").start()
         except RuntimeError:
-            self.relays.release()
+            self.tcp_sessions.release()
             conn.close()
 
     def _tcp_session(self, conn: socket.socket, peer, network: str) -> None:
         """DNS over TCP (RFC 7766): length-prefixed queries, a few per connection. Only a container
         of the network gets answers (a TCP source cannot be spoofed; the nat rule sends only what
         comes from the bridge)."""
+        deadline = time.monotonic() + TCP_SESSION
         try:
             with conn:
-                conn.settimeout(TCP_IDLE)
                 for _ in range(TCP_QUERIES):
-                    data = _read_message(conn)
+                    data = _read_message(conn, deadline)
                     if data is None:
                         return
                     try:
@@ -415,12 +449,13 @@ class DnsServer(threading.Thread):
                     if verdict is None:
                         return
                     if isinstance(verdict, list):
-                        verdict = self._ask_upstreams(data, verdict, tcp=True) or query.answer(rcode=RCODE_SERVFAIL)
+                        verdict = self._relayed(network, query, peer[0], data, verdict, tcp=True)
+                    conn.settimeout(max(0.1, deadline - time.monotonic()))
                     conn.sendall(struct.pack("!H", len(verdict)) + verdict)
         except OSError:
             pass
         finally:
-            self.relays.release()
+            self.tcp_sessions.release()
 
     @staticmethod
     def _send(sock: socket.socket, answer: bytes, peer) -> None:

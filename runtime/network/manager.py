@@ -140,6 +140,16 @@ def _locked_elsewhere(path: str, probe: int) -> bool:
     return False
 
 
+def _relayable(server: str) -> bool:
+    """A --dns server the embedded DNS can ask in the container's stead: IPv4, not loopback (the
+    worker asks from the host's network, where 127.0.0.1 is another machine than the container's)."""
+    try:
+        address = ipaddress.ip_address(server)
+    except ValueError:
+        return False
+    return address.version == 4 and not address.is_loopback
+
+
 def iptables(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     proc = subprocess.run(["iptables", "-w", *args], capture_output=True, text=True, timeout=60)
     if check and proc.returncode != 0:
@@ -1035,32 +1045,39 @@ class NetworkManager:
 
         return list(getattr(self.config, "dns_upstreams", ()) or ()) or host_upstreams()
 
-    def dns_answer(self, network: str, name: str, source: str) -> tuple[list[str], bool | list[str]] | None:
+    def dns_answer(self, network: str, name: str, source: str,
+                   fallback: bool = False) -> tuple[list[str], bool | list[str]] | None:
         """What the DNS says to ``source`` asking for ``name`` on ``network``: None when no container
         there has that address (no answer); else the addresses of the running containers called
-        ``name`` (name, network alias, id or short id; any case) on the asker's user networks, the
-        one asked on first, and whether other names may be relayed (not when all the asker's
-        networks are internal)."""
+        ``name`` on the asker's user networks (their name, network alias, id or short id, also as
+        ``<name>.<network>``; any case), the network asked on first, and where other names are
+        relayed (``_relay_for``). With ``fallback`` (the upstreams did not know the name): the
+        containers ``name`` names once a search domain of the asker's is taken off it, as busybox's
+        nslookup asks ``<name>.<domain>`` only."""
         endpoints = self._endpoints()
         asker = next((ep for ep in endpoints
                       if ((ep.get("attachments") or {}).get(network) or {}).get("ip") == source), None)
         if asker is None:
             return None
         name = name.rstrip(".").lower()
+        if not name:
+            return [], self._relay_for(asker)
         if name.endswith(".in-addr.arpa"):
             return self._dns_reverse(asker, network, name, endpoints)
-        # A resolver that appends the search domains first (busybox's nslookup) asks for
-        # ``<name>.<domain>``: that is the container ``<name>`` too.
-        names = {name} | {name[:-len(d) - 1] for d in self._search_domains(asker["id"]) if name.endswith("." + d)}
+        if fallback:
+            names = {name[:-len(d) - 1] for d in self._search_domains(asker["id"]) if name.endswith("." + d)}
+        else:
+            names = {name}
         attached = list((asker.get("attachments") or {}))
         for net in [network] + [n for n in attached if n != network and n not in PREDEFINED]:
+            wanted = names | {n[:-len(net) - 1] for n in names if n.endswith("." + net.lower())}
             found = []
             for ep in endpoints:
                 att = (ep.get("attachments") or {}).get(net)
                 if not att or not att.get("ip"):
                     continue
                 aliases = (ep.get("networks", {}).get(net) or {}).get("aliases") or []
-                if names & {ep.get("name", "").lstrip("/").lower(), ep["id"], ep["id"][:12], *(a.lower() for a in aliases)}:
+                if wanted & {ep.get("name", "").lstrip("/").lower(), ep["id"], ep["id"][:12], *(a.lower() for a in aliases)}:
                     found.append(att["ip"])
             if found:
                 return found, True
@@ -1107,6 +1124,8 @@ class NetworkManager:
     def nameserver(self, record) -> str | None:
         """The embedded DNS's address for the container's resolv.conf: the gateway of its first
         user-defined network, when the DNS answers there; else None (the host's resolvers)."""
+        if any(not _relayable(server) for server in getattr(record.config, "dns", None) or ()):
+            return None  # a --dns server on the container's own loopback, or IPv6: it asks it itself
         ep = self._load_endpoint(record.id) or {}
         gateways = [a.get("gateway") for n, a in (ep.get("attachments") or {}).items()
                     if n not in PREDEFINED and a.get("gateway")]
@@ -1160,14 +1179,20 @@ class NetworkManager:
         except NotFound:
             return
         path = os.path.join(self.containers.root, cid, "resolv.conf")
-        if record.state.value not in ACTIVE or not os.path.exists(path):
+        if record.state.value not in ACTIVE:
             return
-        text = self.containers.resolv_conf_text(record)
-        with open(path, "r+") as f:
-            if f.read() != text:
+        try:
+            text = self.containers.resolv_conf_text(record)
+            with open(path, "r+") as f:
+                current = f.read()
+                if current == text or not self.containers.etc_file_is_ours(cid, "resolv.conf", current):
+                    return  # unchanged, or edited inside the container: left as it is (Docker's way)
                 f.seek(0)
                 f.write(text)
                 f.truncate()
+            self.containers.remember_etc_file(cid, "resolv.conf", text)
+        except (OSError, EngineError):
+            return  # removed meanwhile
 
     def _update_peers(self, ep: dict, exclude: str, gone: bool = False) -> None:
         names = {n for n in (ep.get("attachments") or {}) if n != DEFAULT_NETWORK}

@@ -6,7 +6,14 @@ import threading
 
 import pytest
 
-from runtime.network.dns import RCODE_REFUSED, DnsServer, Query, host_upstreams, parse_upstream, reverse_address
+from runtime.network.dns import (
+    RCODE_REFUSED,
+    DnsServer,
+    Query,
+    host_upstreams,
+    parse_upstream,
+    reverse_address,
+)
 
 
 def query(name: str, qtype: int = 1, flags: int = 0x0100, qid: int = 0x1234) -> bytes:
@@ -63,7 +70,7 @@ class Served:
             self.bound = dict(bound)
             ready.set()
 
-        def answer(network, name, source):
+        def answer(network, name, source, fallback=False):
             if source != "127.0.0.1":
                 return None  # not a member: no answer at all
             if name == "web":
@@ -141,9 +148,24 @@ def test_no_answer_off_the_bridge_or_to_a_stranger(served):
 def test_reverse_names():
     assert reverse_address("5.0.90.10.in-addr.arpa") == "10.90.0.5"
     assert reverse_address("5.0.90.in-addr.arpa") is None and reverse_address("x.0.90.10.in-addr.arpa") is None
+    assert reverse_address("010.0.90.10.in-addr.arpa") is None and reverse_address("256.0.90.10.in-addr.arpa") is None
     q = Query(query("5.0.90.10.in-addr.arpa", qtype=12))
     assert q.reverse
     answer = q.answer_names(["web.appnet"])
     assert struct.unpack("!H", answer[6:8])[0] == 1
     assert answer.endswith(b"\x03web\x06appnet\x00")
     assert struct.unpack("!H", Query(query("5.0.90.10.in-addr.arpa")).answer_names(["web"])[6:8])[0] == 0  # type A
+
+
+def test_tcp_from_a_stranger_is_closed_unanswered(served):
+    gateway, port = served.bound["n"][0], served.bound["n"][3]
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.2", 0))
+        s.settimeout(5)
+        s.connect((gateway, port))
+        try:
+            s.sendall(struct.pack("!H", len(query("web"))) + query("web"))
+            answer = s.recv(512)
+        except ConnectionResetError:
+            answer = b""
+        assert answer == b""  # closed at once (EOF or reset), unanswered: not a container of the network
