@@ -169,6 +169,7 @@ def host_upstreams(resolv_conf: str = "/etc/resolv.conf") -> list[str]:
 
 
 def parse_upstream(text: str) -> tuple[str, int]:
+    """``ip`` or ``ip:port`` (IPv4) as a socket address."""
     host, sep, port = text.rpartition(":")
     return (host, int(port)) if sep and port.isdigit() else (text, 53)
 
@@ -182,7 +183,7 @@ class DnsServer(threading.Thread):
     every ``refresh`` seconds, and at once when ``watch_dir`` changes."""
 
     def __init__(self, networks: Callable[[], dict[str, tuple[str, str]]],
-                 answer: Callable[[str, str, str], tuple[list[str], bool] | None],
+                 answer: Callable[..., tuple[list[str], bool | list[str]] | None],
                  upstreams: Callable[[], list[str]], *, refresh: float = 10.0,
                  on_bound: Callable[[dict[str, tuple[str, int, str, int]]], None] | None = None,
                  watch_dir: str | None = None):

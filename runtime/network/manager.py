@@ -76,8 +76,9 @@ _IN_MOVED_TO = 0x00000080  # inotify: a release was queued (renamed into the rel
 # claimed the entry (its runc create and start) for the CPUs; at most POOL_SETTLE_MAX, and not at all
 # when the pool is empty (the next start would make its namespace itself).
 POOL_QUIET = 0.1
-DNS_BIND_WAIT = 3.0
 POOL_SETTLE_MAX = 1.0
+# How long a start right after its network's creation waits for the embedded DNS to answer there.
+DNS_BIND_WAIT = 3.0
 NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 ISOLATION_1 = "BERTH-ISOLATION-1"
 ISOLATION_2 = "BERTH-ISOLATION-2"
@@ -138,6 +139,12 @@ def _locked_elsewhere(path: str, probe: int) -> bool:
     finally:
         os.close(fd)
     return False
+
+
+def _asked_networks(asker: dict, network: str) -> list[str]:
+    """The networks whose names a container asking on ``network`` gets: that one, then its other
+    user-defined ones."""
+    return [network] + [n for n in (asker.get("attachments") or {}) if n != network and n not in PREDEFINED]
 
 
 def _relayable(server: str) -> bool:
@@ -1068,8 +1075,7 @@ class NetworkManager:
             names = {name[:-len(d) - 1] for d in self._search_domains(asker["id"]) if name.endswith("." + d)}
         else:
             names = {name}
-        attached = list((asker.get("attachments") or {}))
-        for net in [network] + [n for n in attached if n != network and n not in PREDEFINED]:
+        for net in _asked_networks(asker, network):
             wanted = names | {n[:-len(net) - 1] for n in names if n.endswith("." + net.lower())}
             found = []
             for ep in endpoints:
@@ -1090,8 +1096,7 @@ class NetworkManager:
         from .dns import reverse_address
 
         address = reverse_address(name)
-        attached = list((asker.get("attachments") or {}))
-        for net in [network] + [n for n in attached if n != network and n not in PREDEFINED]:
+        for net in _asked_networks(asker, network):
             for ep in endpoints:
                 att = (ep.get("attachments") or {}).get(net)
                 if address and att and att.get("ip") == address and ep.get("name"):
