@@ -224,6 +224,8 @@ class NetworkManager:
         self._host_rules_done = False
         # network_id()'s answers, valid while the networks dir keeps this st_mtime_ns.
         self._id_cache: tuple[int, dict[str, str]] = (0, {})
+        # summary_networks' answers: (networks dir mtime, {container id: (record, endpoint stamp, answer)}).
+        self._summary_cache: tuple[int, dict] = (0, {})
         self._dns = None
         self._dns_fd = -1
         for d in (self.root, self.endpoints_dir, self.pool_dir, self.release_dir):
@@ -1232,10 +1234,37 @@ class NetworkManager:
                     ids[name] = None
             return ids[name]
 
-        out = []
+        # Each answer is kept for the next list while its record (the store's shared object), its
+        # endpoint file and the networks dir stay the same; only files older than a second count
+        # as the same (two writes within one tick of the file system's clock look alike).
+        try:
+            networks_stamp = os.stat(self.root).st_mtime_ns
+        except FileNotFoundError:
+            networks_stamp = 0
+        now = time.time_ns()
+        kept_stamp, kept = self._summary_cache
+        if not networks_stamp or networks_stamp != kept_stamp:
+            kept = {}
+        cache, out = {}, []
         for record in records:
-            ep = (self._load_endpoint(record.id) if f"{record.id}.json" in present else None) or {}
-            out.append((_summary_ports(record, ep), _networks(record, ep, network_id)))
+            ep_stamp = None
+            if f"{record.id}.json" in present:
+                try:
+                    st = os.stat(self._ep_path(record.id))
+                    ep_stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+                except FileNotFoundError:
+                    pass
+            hit = kept.get(record.id)
+            if hit is not None and hit[0] is record and hit[1] == ep_stamp:
+                value = hit[2]
+            else:
+                ep = (self._load_endpoint(record.id) if ep_stamp is not None else None) or {}
+                value = (_summary_ports(record, ep), _networks(record, ep, network_id))
+            if ep_stamp is None or now - ep_stamp[1] > 1_000_000_000:
+                cache[record.id] = (record, ep_stamp, value)
+            out.append(value)
+        if networks_stamp and now - networks_stamp > 1_000_000_000:
+            self._summary_cache = (networks_stamp, cache)
         return out
 
     #

@@ -271,6 +271,27 @@ def test_two_user_networks_cannot_reach_each_other_and_connect_joins_at_once(sto
     assert set(store.inspect(blue.id)["NetworkSettings"]["Networks"]) == {"blue"}
 
 
+def test_ps_shows_a_connect_and_a_disconnect_at_once(store, net, ctr, networks):
+    """``docker ps`` keeps each container's networks between lists (summary_networks): a connect
+    or a disconnect, which rewrites only the endpoint, still shows on the very next list."""
+    networks("green")
+    networks("amber")
+    box = ctr("sleep", "1000", name="psbox", network_mode="green")
+
+    def listed() -> set[str]:
+        records = [r for r in store.list(all=True, shared=True) if r.id == box.id]
+        return set(store.summaries(records)[0]["NetworkSettings"]["Networks"])
+
+    time.sleep(1.2)  # files older than a second: what the list keeps between calls
+    assert listed() == {"green"} and listed() == {"green"}
+    net.connect("amber", box.id)
+    assert listed() == {"green", "amber"}
+    time.sleep(1.2)
+    assert listed() == {"green", "amber"}
+    net.disconnect("amber", box.id)
+    assert listed() == {"green"}
+
+
 def test_an_internal_network_has_no_way_out(store, ctr, networks):
     networks("vault", internal=True)
     inside = ctr("sleep", "1000", network_mode="vault")
