@@ -26,7 +26,11 @@ server directly (nslookup, dig, resolvers of their own). UDP, and TCP for long a
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import dataclasses
+import ipaddress
 import logging
+import os
 import select
 import socket
 import struct
@@ -37,6 +41,8 @@ from collections.abc import Callable, Iterable
 logger = logging.getLogger(__name__)
 
 IP_FREEBIND = 15
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
 IP_PKTINFO = 8
 MAX_RELAYS = 32
 TCP_SESSION = 10.0  # seconds a TCP connection may last, whatever it sends
@@ -168,22 +174,67 @@ def host_upstreams(resolv_conf: str = "/etc/resolv.conf") -> list[str]:
     return out
 
 
-def parse_upstream(text: str) -> tuple[str, int]:
-    """``ip`` or ``ip:port`` (IPv4) as a socket address."""
-    host, sep, port = text.rpartition(":")
-    return (host, int(port)) if sep and port.isdigit() else (text, 53)
+def parse_upstream(text: str) -> tuple[int, tuple]:
+    """``ip``, ``ipv4:port`` or ``[ipv6]:port`` as (address family, socket address)."""
+    text = text.strip()
+    host, port = text, 53
+    if text.startswith("[") and "]:" in text:
+        host, _, rest = text[1:].partition("]:")
+        port = int(rest)
+    elif text.count(":") == 1:
+        host, _, rest = text.partition(":")
+        port = int(rest)
+    address = ipaddress.ip_address(host)  # ValueError: not an address
+    if address.version == 6:
+        return socket.AF_INET6, (str(address), port, 0, 0)
+    return socket.AF_INET, (str(address), port)
+
+
+def _setns(fd: int, what: str) -> None:
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), what)
+
+
+def socket_in(netns: str | None, family: int, kind: int) -> socket.socket:
+    """A socket of the network namespace at ``netns`` (None: this thread's own). The calling thread
+    enters it just long enough to make the socket (setns affects only that thread), then returns."""
+    if netns is None:
+        return socket.socket(family, kind)
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        target = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            _setns(target, netns)
+        finally:
+            os.close(target)
+        try:
+            return socket.socket(family, kind)
+        finally:
+            _setns(own, "back to the thread's own network namespace")
+    finally:
+        os.close(own)
+
+
+@dataclasses.dataclass
+class Relay:
+    """Where a name goes that the networks do not know: servers, each asked from the host (netns
+    None) or from a container's network namespace, in turn."""
+    servers: list[tuple[str, str | None]]
 
 
 class DnsServer(threading.Thread):
     """Answers for the networks ``networks()`` gives: {name: (gateway, bridge)}; ``answer(network,
     name, source, fallback=False)`` says what: (records, relay), or None for no answer at all (with
     ``fallback``, the names it would answer only when the upstreams do not know them); ``relay`` is False
-    (REFUSED), True (relay to ``upstreams()``) or the asker's own upstreams (its ``--dns``). ``on_bound``
+    (REFUSED), True (relay to ``upstreams()``) or the asker's own ``--dns`` servers, each with the
+    network namespace to ask it from ([(server, netns or None)]).
+    ``on_bound``
     gets {network: (gateway, udp port, bridge, tcp port)} whenever the sockets change. Looks at the networks
     every ``refresh`` seconds, and at once when ``watch_dir`` changes."""
 
     def __init__(self, networks: Callable[[], dict[str, tuple[str, str]]],
-                 answer: Callable[..., tuple[list[str], bool | list[str]] | None],
+                 answer: Callable[..., tuple[list[str], bool | list[tuple[str, str | None]]] | None],
                  upstreams: Callable[[], list[str]], *, refresh: float = 10.0,
                  on_bound: Callable[[dict[str, tuple[str, int, str, int]]], None] | None = None,
                  watch_dir: str | None = None):
@@ -346,8 +397,8 @@ class DnsServer(threading.Thread):
                 self.relays.release()
                 self._send(sock, query.answer(rcode=RCODE_SERVFAIL), peer)
 
-    def _verdict(self, network: str, query: Query, source: str) -> bytes | list[str] | None:
-        """The answer (bytes), the upstreams to relay it to (a list), or None for no answer at all."""
+    def _verdict(self, network: str, query: Query, source: str) -> bytes | Relay | None:
+        """The answer (bytes), where to relay it (Relay), or None for no answer at all."""
         try:
             verdict = self.answer(network, query.name, source)
         except Exception:
@@ -360,20 +411,21 @@ class DnsServer(threading.Thread):
             return query.answer_names(records) if query.reverse else query.answer(records)
         if not relay:
             return self._fallback(network, query, source) or query.answer(rcode=RCODE_REFUSED)
-        return list(relay) if isinstance(relay, (list, tuple)) else list(self.upstreams())
+        if isinstance(relay, list):
+            return Relay(relay)  # the asker's own servers
+        return Relay([(server, None) for server in self.upstreams()])
 
-    def _relay(self, sock: socket.socket, network: str, data: bytes, query: Query, peer,
-               upstreams: list[str]) -> None:
+    def _relay(self, sock: socket.socket, network: str, data: bytes, query: Query, peer, relay: Relay) -> None:
         try:
-            self._send(sock, self._relayed(network, query, peer[0], data, upstreams, tcp=False), peer)
+            self._send(sock, self._relayed(network, query, peer[0], data, relay, tcp=False), peer)
         finally:
             self.relays.release()
 
-    def _relayed(self, network: str, query: Query, source: str, data: bytes, upstreams: list[str], *,
+    def _relayed(self, network: str, query: Query, source: str, data: bytes, relay: Relay, *,
                  tcp: bool) -> bytes:
         """The upstreams' answer; when they do not know the name (NXDOMAIN, or no answer), the
         fallback answer (a container's name with a search domain appended), if any."""
-        answer = self._ask_upstreams(data, upstreams, tcp=tcp)
+        answer = self._ask_upstreams(data, relay.servers, tcp=tcp)
         if answer is None or (len(answer) >= 4 and struct.unpack("!H", answer[2:4])[0] & 0x000F == RCODE_NXDOMAIN):
             fallback = self._fallback(network, query, source)
             if fallback is not None:
@@ -389,14 +441,15 @@ class DnsServer(threading.Thread):
             return query.answer(verdict[0])
         return None
 
-    def _ask_upstreams(self, data: bytes, upstreams: list[str], *, tcp: bool) -> bytes | None:
-        """Ask each upstream in turn (over TCP for a TCP query: its answer may be long); the first
-        answer, whatever its code."""
-        for upstream in upstreams:
+    def _ask_upstreams(self, data: bytes, upstreams: list[tuple[str, str | None]], *, tcp: bool) -> bytes | None:
+        """Ask each upstream in turn, from its network namespace (over TCP for a TCP query: its
+        answer may be long); the first answer, whatever its code."""
+        for upstream, netns in upstreams:
             try:
-                with socket.socket(socket.AF_INET, socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM) as out:
+                family, address = parse_upstream(upstream)
+                with socket_in(netns, family, socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM) as out:
                     out.settimeout(UPSTREAM_TIMEOUT)
-                    out.connect(parse_upstream(upstream))
+                    out.connect(address)
                     if tcp:
                         out.sendall(struct.pack("!H", len(data)) + data)
                         answer = _read_message(out)
@@ -449,7 +502,7 @@ class DnsServer(threading.Thread):
                     verdict = self._verdict(network, query, peer[0])
                     if verdict is None:
                         return
-                    if isinstance(verdict, list):
+                    if isinstance(verdict, Relay):
                         verdict = self._relayed(network, query, peer[0], data, verdict, tcp=True)
                     conn.settimeout(max(0.1, deadline - time.monotonic()))
                     conn.sendall(struct.pack("!H", len(verdict)) + verdict)

@@ -148,13 +148,13 @@ def _asked_networks(asker: dict, network: str) -> list[str]:
 
 
 def _relayable(server: str) -> bool:
-    """A --dns server the embedded DNS can ask in the container's stead: IPv4, not loopback (the
-    worker asks from the host's network, where 127.0.0.1 is another machine than the container's)."""
+    """A --dns server the embedded DNS can ask in the container's stead (from its network
+    namespace): an IP address, v4 or v6."""
     try:
-        address = ipaddress.ip_address(server)
+        ipaddress.ip_address(server)
     except ValueError:
         return False
-    return address.version == 4 and not address.is_loopback
+    return True
 
 
 def iptables(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -1055,7 +1055,7 @@ class NetworkManager:
         return list(getattr(self.config, "dns_upstreams", ()) or ()) or host_upstreams()
 
     def dns_answer(self, network: str, name: str, source: str,
-                   fallback: bool = False) -> tuple[list[str], bool | list[str]] | None:
+                   fallback: bool = False) -> tuple[list[str], bool | list[tuple[str, str | None]]] | None:
         """What the DNS says to ``source`` asking for ``name`` on ``network``: None when no container
         there has that address (no answer); else the addresses of the running containers called
         ``name`` on the asker's user networks (their name, network alias, id or short id, also as
@@ -1092,7 +1092,7 @@ class NetworkManager:
         return [], self._relay_for(asker)
 
     def _dns_reverse(self, asker: dict, network: str, name: str,
-                     endpoints: list[dict]) -> tuple[list[str], bool | list[str]]:
+                     endpoints: list[dict]) -> tuple[list[str], bool | list[tuple[str, str | None]]]:
         """PTR: ``<container name>.<network>`` for an address of a container on one of the asker's
         user networks (as Docker answers); another address is relayed like any other name."""
         from .dns import reverse_address
@@ -1105,18 +1105,24 @@ class NetworkManager:
                     return [f"{ep['name'].lstrip('/')}.{net}"], True
         return [], self._relay_for(asker)
 
-    def _relay_for(self, asker: dict) -> bool | list[str]:
+    def _relay_for(self, asker: dict) -> bool | list[tuple[str, str | None]]:
         """Where the DNS relays what the asker's networks do not name: nowhere (False) when all of
-        them are internal, to the asker's own ``--dns`` servers when it has some (as Docker's
-        embedded DNS does), else to the default upstreams (True)."""
-        internal = {d["Name"]: bool(d.get("Internal")) for d in self._stored()}
+        them are internal; to the asker's own ``--dns`` servers when it has some, each asked from
+        the asker's network namespace (as Docker's embedded DNS does: its 127.0.0.1 is its own),
+        but for a Berth gateway, which from there would be this DNS again: the host's service on
+        it is asked from the host; else to the default upstreams, from the host (True)."""
+        docs = self._stored()
+        internal = {d["Name"]: bool(d.get("Internal")) for d in docs}
         if not any(not internal.get(n, False) for n in (asker.get("attachments") or {})):
             return False
         try:
             own = list(self.containers.get(asker["id"], sync=False).config.dns or [])
         except (NotFound, AttributeError):
             own = []
-        return own or True
+        if not own or not asker.get("netns"):
+            return True
+        gateways = {c.get("Gateway") for d in docs for c in (d.get("IPAM") or {}).get("Config") or []}
+        return [(server, None if server in gateways else asker["netns"]) for server in own]
 
     def _search_domains(self, cid: str) -> list[str]:
         """The search domains of a container's resolv.conf (lower case, no trailing dot)."""
@@ -1132,7 +1138,7 @@ class NetworkManager:
         """The embedded DNS's address for the container's resolv.conf: the gateway of its first
         user-defined network, when the DNS answers there; else None (the host's resolvers)."""
         if any(not _relayable(server) for server in getattr(record.config, "dns", None) or ()):
-            return None  # a --dns server on the container's own loopback, or IPv6: it asks it itself
+            return None  # not an address: written as it is
         ep = self._load_endpoint(record.id) or {}
         gateways = [a.get("gateway") for n, a in (ep.get("attachments") or {}).items()
                     if n not in PREDEFINED and a.get("gateway")]

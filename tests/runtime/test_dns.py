@@ -52,7 +52,12 @@ def test_upstreams(tmp_path):
     conf.write_text("# x\nnameserver 10.0.0.2\nnameserver fe80::1\nsearch example\nnameserver 127.0.0.53\n")
     assert host_upstreams(str(conf)) == ["10.0.0.2", "127.0.0.53"]
     assert host_upstreams(str(tmp_path / "missing")) == []
-    assert parse_upstream("127.0.0.1:5353") == ("127.0.0.1", 5353) and parse_upstream("10.0.0.2") == ("10.0.0.2", 53)
+    assert parse_upstream("127.0.0.1:5353") == (socket.AF_INET, ("127.0.0.1", 5353))
+    assert parse_upstream("10.0.0.2") == (socket.AF_INET, ("10.0.0.2", 53))
+    assert parse_upstream("2001:db8::53") == (socket.AF_INET6, ("2001:db8::53", 53, 0, 0))
+    assert parse_upstream("[2001:db8::53]:5353") == (socket.AF_INET6, ("2001:db8::53", 5353, 0, 0))
+    with pytest.raises(ValueError):
+        parse_upstream("resolver.example")
 
 
 class Served:

@@ -4,8 +4,11 @@ import ipaddress
 import json
 import os
 import re
+import subprocess
+import sys
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +16,8 @@ from tests.support.dns import StubDns
 from tests.support.net import SERVE, fetch, free_port
 
 pytestmark = pytest.mark.live
+
+ROOT = str(Path(__file__).resolve().parents[2])
 
 
 def output_of(docker, name, timeout=30) -> str:
@@ -147,13 +152,32 @@ def test_dns_on_a_user_network_relays_to_the_containers_own_servers(docker, upst
         assert "Address: 192.0.2.20" in out and "mine.test" in own.asked, out
         assert re.search(rf"Name:\s+{srv}", out), out
         assert len(upstream_dns.asked) == asked  # not the default upstream
-        loopback = docker("run", "--rm", "--network", net, "--dns", "127.0.0.1", "busybox", "cat",
-                          "/etc/resolv.conf").stdout
-        assert "nameserver 127.0.0.1" in loopback and gateway not in loopback, loopback
+        # A server on the container's own loopback: asked from the container's network namespace.
+        box = f"box-{tag}"
+        docker("run", "-d", "--name", box, "--network", net, "--dns", "127.0.0.1", "--dns-search", ".", "busybox",
+               "sleep", "300")
+        pid = docker("inspect", "-f", "{{.State.Pid}}", box).stdout.strip()
+        inside = subprocess.Popen(
+            ["nsenter", f"--net=/proc/{pid}/ns/net", sys.executable, "-c",
+             "import time; from tests.support.dns import StubDns; "
+             "StubDns('127.0.0.1:53', {'loop.test': '192.0.2.40'}).start(); time.sleep(60)"],
+            cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT})
+        try:
+            out = ""
+            for _ in range(20):  # until the stub inside listens
+                out = docker("exec", box, "sh", "-c", "cat /etc/resolv.conf; nslookup -type=a loop.test",
+                             check=False).stdout
+                if "192.0.2.40" in out:
+                    break
+                time.sleep(0.25)
+            assert f"nameserver {gateway}" in out and "Address: 192.0.2.40" in out, out
+        finally:
+            inside.kill()
+            inside.wait()
     finally:
         if own is not None:
             own.stop()
-        docker("rm", "-f", srv, check=False)
+        docker("rm", "-f", srv, f"box-{tag}", check=False)
         docker("network", "rm", net, check=False)
 
 
