@@ -738,7 +738,7 @@ class ImageStore:
     def _built_from(self, image_id: str) -> str:
         """The image a build step made ``image_id`` from, while it is still here (else "")."""
         parent = self.build_parents().get(image_id, "")
-        if not parent or self._read_record_doc(parent) is None:
+        if not parent:
             return ""
         try:
             history = self.get(parent).config.get("history")
@@ -747,25 +747,10 @@ class ImageStore:
         return parent if history else ""  # FROM scratch's stand-in is no parent (Docker shows "")
 
     def build_parents(self) -> dict[str, str]:
-        """Image id -> the image its build step started from, as the build cache
-        (``<root>/build-cache/``, runtime.build.builder.BuildCache) records them."""
-        directory = os.path.join(self.root, "build-cache")
-        out: dict[str, str] = {}
-        try:
-            names = os.listdir(directory)
-        except FileNotFoundError:
-            return out
-        for name in names:
-            if not name.endswith(".json") or name.startswith("."):
-                continue
-            try:
-                with open(os.path.join(directory, name)) as f:
-                    doc = json.load(f)
-            except (OSError, ValueError):
-                continue
-            if isinstance(doc, dict) and isinstance(doc.get("image"), str) and isinstance(doc.get("parent"), str):
-                out.setdefault(doc["image"], doc["parent"])
-        return out
+        """Image id -> the image its build step started from, as the build cache records them."""
+        from runtime.build.builder import BuildCache  # the cache's own format (not at import: a cycle)
+
+        return BuildCache(self.root).parents()
 
     def _layer_size(self, chain_id: str) -> int:
         try:

@@ -137,6 +137,14 @@ class BuildCache:
                 out.append((name[:-5], {}))
         return out
 
+    def parents(self) -> dict[str, str]:
+        """Image id -> the image its step started from (``docker history`` names the steps)."""
+        out: dict[str, str] = {}
+        for _, doc in self.entries():
+            if isinstance(doc, dict) and isinstance(doc.get("image"), str) and isinstance(doc.get("parent"), str):
+                out.setdefault(doc["image"], doc["parent"])
+        return out
+
 
 def prune_cache(engine) -> dict:
     """``docker builder prune``: drop every cache record, and the untagged images they kept that no
