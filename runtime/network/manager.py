@@ -1070,7 +1070,7 @@ class NetworkManager:
             return None
         name = name.rstrip(".").lower()
         if not name:
-            return [], self._relay_for(asker)
+            return [], False  # only whether the source is a member (a TCP connection): nothing to relay
         if name.endswith(".in-addr.arpa"):
             return self._dns_reverse(asker, network, name, endpoints)
         if fallback:
