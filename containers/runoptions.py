@@ -171,6 +171,7 @@ def from_docker(body: dict, name: str = "") -> dict:
         "links": list(host.get("Links") or []),
         "network_aliases": aliases,
         "ipv4_address": ipv4,
+        "runtime": host.get("Runtime") or "",
     }
 
 

@@ -15,6 +15,7 @@ def runtime_config() -> RuntimeConfig:
         run_root=settings.RUNTIME_RUN_ROOT,
         insecure_registries=tuple(settings.INSECURE_REGISTRIES),
         seccomp_native_only=settings.SECCOMP_NATIVE_ONLY,
+        default_runtime=settings.DEFAULT_RUNTIME,
         dns_upstreams=tuple(settings.DNS_UPSTREAMS),
     )
 

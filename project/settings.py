@@ -192,6 +192,9 @@ MAX_UPLOAD_SIZE = envint("MAX_UPLOAD_SIZE", str(64 << 30))
 INSECURE_REGISTRIES = [r for r in os.getenv("INSECURE_REGISTRIES", "").split(",") if r]
 # Seccomp filters for the native syscall ABI only (faster starts; 32-bit syscalls then kill): runtime/config.py.
 SECCOMP_NATIVE_ONLY = envbool("BERTH_SECCOMP_NATIVE_ONLY", "False")
+# The OCI runtime of containers created without --runtime: "auto" (crun when installed and usable
+# on this host, else runc), "runc" or "crun".
+DEFAULT_RUNTIME = os.getenv("BERTH_DEFAULT_RUNTIME", "auto")
 # The embedded DNS of user-defined networks (runtime/network/dns.py), answered by the worker, and
 # where it relays other names ("ip" or "ip:port", comma-separated; default: the host's resolvers).
 EMBEDDED_DNS = envbool("BERTH_EMBEDDED_DNS", "True")

@@ -7,15 +7,23 @@ runc puts a container in ``/berth/<id>`` of every hierarchy (``linux.cgroupsPath
   (v2) hierarchy without controllers at /sys/fs/cgroup/unified: "hybrid".
 - cgroups v2: one unified hierarchy at /sys/fs/cgroup (it has ``cgroup.controllers``).
 
-Nothing here writes a cgroup; runc creates and deletes them. ``remove_dirs`` only rmdirs what
-``runc delete`` leaves behind (the shared ``/berth`` parent, or a leaf after a crash).
+Nothing here writes a cgroup; the OCI runtime creates and deletes them. ``remove_dirs`` only
+rmdirs what ``runc delete`` leaves behind (the shared ``/berth`` parent, or a leaf after a crash).
+
+crun runs on a hybrid host only when the unified hierarchy has no controller ("cgroups in hybrid
+mode not supported, drop all controllers from cgroupv2"). A host whose v1 mounts leave one out
+(here: ``hugetlb``) offers it in the unified hierarchy instead; ``bind_v1_hierarchies`` mounts
+such controllers as v1 hierarchies of their own, as systemd does on every hybrid host.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
 
-__all__ = ["CgroupPaths", "cpu_count", "network_stats", "read_stats", "remove_dirs", "system_cpu_usage"]
+__all__ = ["CgroupPaths", "bind_v1_hierarchies", "cpu_count", "hybrid_v2_controllers", "network_stats",
+           "read_stats", "remove_dirs", "system_cpu_usage"]
 
 CGROUP_ROOT = "/sys/fs/cgroup"
 _NS_PER_TICK = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
@@ -54,6 +62,44 @@ class CgroupPaths:
             if text is not None:
                 return sorted(int(p) for p in text.split())
         return []
+
+
+def hybrid_v2_controllers(root: str = CGROUP_ROOT) -> list[str]:
+    """The controllers that the unified hierarchy of a hybrid host (v1 hierarchies, cgroup2 at
+    ``<root>/unified``) offers; [] on a v1-only or a v2 host."""
+    if os.path.exists(os.path.join(root, "cgroup.controllers")):
+        return []
+    text = _read(os.path.join(root, "unified", "cgroup.controllers"))
+    return text.split() if text else []
+
+
+def bind_v1_hierarchies(controllers: list[str], root: str = CGROUP_ROOT) -> list[str]:
+    """Mount each of ``controllers`` as a v1 hierarchy at ``<root>/<name>``, so the unified
+    hierarchy no longer offers it; return the ones still offered there afterwards.
+
+    The kernel moves a controller only while no cgroup of the unified hierarchy enables it
+    (EBUSY otherwise); nothing is unmounted, and a controller already bound is left alone.
+    """
+    offered = hybrid_v2_controllers(root)
+    for name in controllers:
+        if name.isalnum() and name in offered:
+            _bind_v1(name, root)
+    return hybrid_v2_controllers(root)
+
+
+def _bind_v1(name: str, root: str) -> None:
+    target = os.path.join(root, name)
+    made = False
+    try:
+        if not os.path.isdir(target):
+            os.mkdir(target, 0o755)
+            made = True
+        subprocess.run(["mount", "-t", "cgroup", "-o", name, "cgroup", target], check=True,
+                       capture_output=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        if made:
+            with contextlib.suppress(OSError):
+                os.rmdir(target)
 
 
 def remove_dirs(path: str, *, parents: bool = True, root: str = CGROUP_ROOT) -> bool:

@@ -13,14 +13,19 @@ class RuntimeConfig:
     root: str = "/var/lib/berth"
     run_root: str = "/run/berth"
     runc: str = "runc"
+    crun: str = "crun"
+    # The OCI runtime of a container created without --runtime: "runc", "crun", or "auto" (crun
+    # when it is installed and usable here, else runc: ContainerStore.default_runtime).
+    default_runtime: str = "auto"
     conmon: str = "conmon"
     cni_plugin_dirs: tuple[str, ...] = ("/usr/lib/cni", "/opt/cni/bin")
     insecure_registries: tuple[str, ...] = field(default_factory=tuple)
     # Network reads (registries) give up after this many seconds of silence.
     net_timeout: float = 30.0
     # Seccomp filters for the host's native syscall ABI only (not x86/x32 beside x86_64, arm beside
-    # aarch64) unless the image is built for a 32-bit one: ~10 ms less per runc create and exec,
-    # but a 32-bit syscall from any other image kills its thread (Docker allows them). Off by default.
+    # aarch64) unless the image is built for a 32-bit one: ~10 ms less per runc create and exec
+    # (crun loads a filter compiled once, so ~1 ms for it), but a 32-bit syscall from any other
+    # image kills its thread (Docker allows them). Off by default.
     seccomp_native_only: bool = False
     # Where the embedded DNS of user-defined networks relays names it does not know ("ip" or
     # "ip:port"); empty: the host's resolv.conf nameservers.

@@ -46,6 +46,9 @@ class Engine:
         ``network_pool``: keep that many namespaces ready on the default network (the worker's).
         ``dns``: answer the embedded DNS of user-defined networks from this process (the worker's)."""
         self.store.clean_tmp()
+        # Settle the default OCI runtime now (with "auto", this may bind cgroup controllers for
+        # crun: ContainerStore.crun_usable), not at the first create.
+        self.containers.default_runtime()
         cleanup = getattr(self.networks, "cleanup", None)
         if cleanup is not None:
             cleanup()

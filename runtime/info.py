@@ -34,6 +34,15 @@ def runc_version(config: RuntimeConfig) -> dict:
     return {"version": version, "commit": commit}
 
 
+def crun_version(config: RuntimeConfig) -> dict:
+    """Version and commit of the crun binary (empty strings when it is not installed)."""
+    if not shutil.which(config.crun):
+        return {"version": "", "commit": ""}
+    version = _command_version([config.crun, "--version"], r"crun version (\S+)")
+    commit = _command_version([config.crun, "--version"], r"commit: (\S+)")
+    return {"version": version, "commit": commit}
+
+
 def conmon_version(config: RuntimeConfig) -> dict:
     version = _command_version([config.conmon, "--version"], r"conmon version (\S+)")
     commit = _command_version([config.conmon, "--version"], r"commit: (\S+)")
@@ -95,5 +104,6 @@ def system_info(config: RuntimeConfig) -> dict:
         "storage_driver": "overlay2",
         "root": config.root,
         "runc": runc_version(config),
+        "crun": crun_version(config),
         "conmon": conmon_version(config),
     }

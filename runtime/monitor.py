@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from runtime.errors import CommandError
-from runtime.oci import Runc, runc_message
+from runtime.oci import OciRuntime, runc_message
 
 __all__ = ["IN_CLOSE_WRITE", "IN_CREATE", "IN_MODIFY", "IN_MOVED_TO", "Conmon", "ExecAttachLaunch", "ExecLaunch",
            "FileWatch",
@@ -98,17 +98,15 @@ def read_sync_file(path: str) -> list[dict]:
 
 
 class Conmon:
-    """The conmon binary at ``path``, driving ``runc`` (its state under ``runc.root``).
+    """The conmon binary at ``path``, driving the OCI runtime each call names (runc or crun, its
+    state under ``oci.root``).
 
     ``socket_dir`` is conmon's ``--socket-dir-path``: keep it short, the attach socket path
     ``<socket_dir>/<cuuid>/attach`` must fit in 107 bytes (§5).
     """
 
-    def __init__(self, path: str, runc: Runc, socket_dir: str):
+    def __init__(self, path: str, socket_dir: str):
         self.path = shutil.which(path) or path
-        self.runc = runc
-        # conmon checks -r with access(X_OK): it must be a path, not a name to look up (§2).
-        self.runc_path = shutil.which(runc.path) or runc.path
         self.socket_dir = socket_dir
 
     def attach_path(self, cuuid: str) -> str:
@@ -122,19 +120,21 @@ class Conmon:
         except (FileNotFoundError, IsADirectoryError):
             pass
 
-    def _common_args(self, cid: str, cuuid: str, bundle: str, pid_file: str, log_path: str, exit_dir: str,
-                     persist_dir: str) -> list[str]:
+    def _common_args(self, cid: str, oci: OciRuntime, cuuid: str, bundle: str, pid_file: str, log_path: str,
+                     exit_dir: str, persist_dir: str) -> list[str]:
         return [
             self.path, "--api-version", "1",
             "-c", cid, "-u", cuuid, "-n", cid,
-            "-r", self.runc_path, "-b", bundle, "-p", pid_file,
+            # conmon checks -r with access(X_OK): it must be a path, not a name to look up (§2).
+            "-r", shutil.which(oci.path) or oci.path, "-b", bundle, "-p", pid_file,
             "-l", f"k8s-file:{log_path}",
             "--exit-dir", exit_dir, "--persist-dir", persist_dir,
             "--socket-dir-path", self.socket_dir,
-            "--runtime-arg", "--root", "--runtime-arg", self.runc.root,
+            "--runtime-arg", "--root", "--runtime-arg", oci.root,
         ]
 
-    def create(self, cid: str, *, cuuid: str, bundle: str, log_path: str, exit_dir: str, persist_dir: str,
+    def create(self, cid: str, oci: OciRuntime, *, cuuid: str, bundle: str, log_path: str, exit_dir: str,
+               persist_dir: str,
                terminal: bool = False, stdin: bool = False, leave_stdin_open: bool = True,
                log_size_max: int | None = None, exit_command: Iterable[str] | None = None,
                timeout: float = _DEFAULT_TIMEOUT) -> int:
@@ -147,7 +147,7 @@ class Conmon:
         """
         for d in (exit_dir, persist_dir, self.socket_dir):
             os.makedirs(d, mode=0o700, exist_ok=True)
-        argv = self._common_args(cid, cuuid, bundle, os.path.join(bundle, "pidfile"), log_path, exit_dir,
+        argv = self._common_args(cid, oci, cuuid, bundle, os.path.join(bundle, "pidfile"), log_path, exit_dir,
                                  persist_dir)
         argv += ["-P", os.path.join(bundle, "conmon.pid")]
         if terminal:
@@ -167,7 +167,8 @@ class Conmon:
                                 what=f"container {cid}")
         return messages[0]
 
-    def exec_detached(self, cid: str, *, session_id: str, session_dir: str, process_file: str,
+    def exec_detached(self, cid: str, oci: OciRuntime, *, session_id: str, session_dir: str,
+                      process_file: str,
                       terminal: bool = False, timeout: float = _DEFAULT_TIMEOUT) -> ExecLaunch:
         """Run ``process_file`` (a spec ``process`` object) in the container, under its own conmon.
 
@@ -179,8 +180,8 @@ class Conmon:
         exit_dir = os.path.join(session_dir, "exits")
         os.makedirs(exit_dir, mode=0o700, exist_ok=True)
         log_path = os.path.join(session_dir, "log")
-        argv = self._common_args(cid, session_id, session_dir, os.path.join(session_dir, "pidfile"), log_path,
-                                 exit_dir, session_dir)
+        argv = self._common_args(cid, oci, session_id, session_dir, os.path.join(session_dir, "pidfile"),
+                                 log_path, exit_dir, session_dir)
         argv += ["-P", os.path.join(session_dir, "conmon.pid"), "-e", "--exec-process-spec", process_file]
         if terminal:
             argv.append("-t")
@@ -188,7 +189,7 @@ class Conmon:
                                 what=f"exec in {cid}")
         return ExecLaunch(pid=messages[0], exit_file=os.path.join(exit_dir, cid), log_path=log_path)
 
-    def exec_attach(self, cid: str, *, session_id: str, session_dir: str, process_file: str,
+    def exec_attach(self, cid: str, oci: OciRuntime, *, session_id: str, session_dir: str, process_file: str,
                     terminal: bool = True, stdin: bool = True,
                     timeout: float = _DEFAULT_TIMEOUT) -> ExecAttachLaunch:
         """Prepare an interactive exec session (``-e --exec-attach``, notes §7) without starting it.
@@ -218,7 +219,7 @@ class Conmon:
         sync_file = os.path.join(session_dir, "sync")
         tmpdir = self.session_tmp(session_id)
         os.makedirs(tmpdir, mode=0o700, exist_ok=True)
-        argv = self._common_args(cid, session_id, session_dir, os.path.join(session_dir, "pidfile"),
+        argv = self._common_args(cid, oci, session_id, session_dir, os.path.join(session_dir, "pidfile"),
                                  os.path.join(session_dir, "log"), exit_dir, session_dir)
         argv[argv.index("-l") + 1] = "none"
         argv += ["-P", os.path.join(session_dir, "conmon.pid"), "-e", "--exec-attach",

@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-RUN_PACKAGES="runc conmon containernetworking-plugins iptables redis-server busybox-static"
+RUN_PACKAGES="runc crun conmon containernetworking-plugins iptables redis-server busybox-static"
 TEST_PACKAGES="chromium docker-registry skopeo docker.io docker-compose"
 
 packages="$RUN_PACKAGES"

@@ -9,7 +9,7 @@ from django.http import HttpResponse
 
 from runtime.info import API_VERSION, ENGINE_VERSION, MIN_API_VERSION
 
-from ..engine import system_info
+from ..engine import get_engine, system_info
 from .base import docker_endpoint, json_response
 
 
@@ -42,7 +42,11 @@ def version_document() -> dict:
         "Platform": {"Name": f"Berth {ENGINE_VERSION}"},
         "Components": [
             {"Name": "Engine", "Version": ENGINE_VERSION, "Details": details},
-            {"Name": "runc", "Version": facts["runc"]["version"], "Details": {"GitCommit": facts["runc"]["commit"]}},
+            *[
+                {"Name": name, "Version": facts[name]["version"],
+                 "Details": {"GitCommit": facts[name]["commit"]}}
+                for name in ("runc", "crun") if facts[name]["version"]
+            ],
             {
                 "Name": "conmon",
                 "Version": facts["conmon"]["version"],
@@ -144,8 +148,8 @@ def info_document() -> dict:
         "Labels": [f"berth.node={settings.NODE_NAME}"],
         "ExperimentalBuild": False,
         "ServerVersion": ENGINE_VERSION,
-        "Runtimes": {"runc": {"path": "runc"}},
-        "DefaultRuntime": "runc",
+        "Runtimes": {name: {"path": name} for name in ("runc", "crun") if facts[name]["version"]},
+        "DefaultRuntime": get_engine().containers.default_runtime(prepare=False),
         "Swarm": {"NodeID": "", "NodeAddr": "", "LocalNodeState": "inactive", "ControlAvailable": False,
                   "Error": "", "RemoteManagers": None},
         "LiveRestoreEnabled": True,

@@ -37,9 +37,10 @@ def test_version_matches_the_spec(api, path):
     dockerspec.validate(body, "/version")
     assert body["ApiVersion"] == "1.41"
     names = [c["Name"] for c in body["Components"]]
-    assert names == ["Engine", "runc", "conmon"]
-    runc = body["Components"][1]["Version"]
-    assert runc and runc[0].isdigit(), "runc's version comes from the installed runc binary"
+    assert names == ["Engine", "runc", "crun", "conmon"]  # setup.sh installs both runtimes
+    for component in body["Components"][1:3]:
+        version = component["Version"]
+        assert version and version[0].isdigit(), "each runtime's version comes from its installed binary"
 
 
 def test_info_matches_the_spec(api):
@@ -51,6 +52,7 @@ def test_info_matches_the_spec(api):
     assert body["CgroupVersion"] in ("1", "2")
     assert body["KernelVersion"]
     assert body["Images"] == 0 and body["Containers"] == 0
+    assert set(body["Runtimes"]) == {"runc", "crun"} and body["DefaultRuntime"] in body["Runtimes"]
 
 
 def test_a_too_new_api_version_is_refused_as_dockerd_does(api):

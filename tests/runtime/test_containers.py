@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from runtime.containers import LOST_EXIT_CODE, ContainerConfig, ContainerStore, Mount
-from runtime.errors import AlreadyExists, InvalidArgument, InvalidState, NotFound
+from runtime.errors import AlreadyExists, CommandError, InvalidArgument, InvalidState, NotFound
 from runtime.monitor import parse_time_ns, process_start_time
 from runtime.rootfs import is_mounted
 from runtime.starter import STARTER_CHANGES, write_rootfs
@@ -242,7 +242,8 @@ def test_an_exited_container_starts_again_and_appends_to_its_log(store, ctr):
     # The ended run left nothing of runc's: its state and cgroups went without a runc delete.
     cgroup_dirs = [f"/sys/fs/cgroup/{c}/berth/{record.id}" for c in os.listdir("/sys/fs/cgroup")]
     assert not any(os.path.exists(d) for d in cgroup_dirs)
-    assert not store.runc.exists(record.id) and store.runc.list() == []
+    oci = store.runtime_of(record)
+    assert not oci.exists(record.id) and oci.list() == []
     store.start(record.id)
     store.wait(record.id, timeout=10)
     assert output(store, record.id) == b"again\nagain\n"
@@ -298,7 +299,7 @@ def test_remove_refuses_a_running_container_unless_forced_and_leaves_nothing(sto
     assert not any(os.path.exists(d) for d in cgroup_dirs)
     assert not os.path.lexists(os.path.join(store.conmon.socket_dir, cid[:32]))
     assert not os.path.lexists(os.path.join(store.conmon.socket_dir, exec_id[:32]))
-    assert store.runc.state(cid) is None
+    assert all(oci.state(cid) is None for oci in store.runtimes.values())
     with pytest.raises(NotFound):
         store.get(cid)
 
@@ -511,7 +512,7 @@ def test_a_fresh_store_records_an_exit_nobody_watched(engine, store, ctr):
     assert records[record.id].state is S.EXITED and records[record.id].exit_code == 7
     assert not fresh.has_exited(record.id)
     assert not is_mounted(os.path.join(store.root, record.id, "merged"))
-    assert store.runc.state(record.id) is None
+    assert store.runtime_of(record).state(record.id) is None
 
 
 def test_a_dead_monitor_gives_255_once_the_process_is_gone(store, ctr):
@@ -537,7 +538,7 @@ def test_a_container_of_a_previous_boot_is_exited_with_255(store, ctr):
         json.dump(doc, f)
     (synced,) = [r for r in store.reconcile() if r.id == record.id]
     assert synced.state is S.EXITED and synced.exit_code == LOST_EXIT_CODE and "rebooted" in synced.error
-    assert store.runc.state(record.id) is None
+    assert store.runtime_of(record).state(record.id) is None
     assert process_start_time(record.pid) is None  # Gone (or a zombie): runc delete --force killed it.
 
 
@@ -616,3 +617,71 @@ def test_inspect_and_summary_have_dockers_shape(store, ctr):
     assert summary["Status"].startswith("Exited (137) ") and summary["Status"].endswith(" ago")
     assert store.summary(ctr("true", start=False))["Status"] == "Created"
     assert [r.id for r in store.list()] == [r.id for r in store.list(all=True) if r.running]
+
+
+def test_crun_loads_the_filter_it_compiled_for_the_first_container(store, ctr):
+    """With crun (the default where it can run), the first container of a seccomp profile has its
+    filter compiled by crun and kept; the next ones load that filter (an annotation in their
+    spec) and are filtered the same: unshare(CLONE_NEWUSER) needs no capability, only seccomp
+    refuses it."""
+    if not store.crun_usable():
+        pytest.skip("crun is not installed or cannot run under this host's cgroups")
+    cache = store.seccomp_cache.directory
+    before = set(os.listdir(cache)) if os.path.isdir(cache) else set()
+    probe = "grep Seccomp: /proc/self/status; unshare -U true && echo allowed"
+    first = ctr("sh", "-c", probe, runtime="crun", cap_add=["SYS_PTRACE"])  # a profile of its own
+    assert store.wait(first.id, timeout=20) == 1
+    assert output(store, first.id) == b"Seccomp:\t2\n"
+    assert b"Operation not permitted" in output(store, first.id, "stderr")
+    kept = set(os.listdir(cache)) - before
+    assert len(kept) == 1
+    second = ctr("sh", "-c", probe, runtime="crun", cap_add=["SYS_PTRACE"], start=False)
+    store.start(second.id)
+    with open(os.path.join(store.root, second.id, "bundle", "config.json")) as f:
+        annotations = json.load(f)["annotations"]
+    assert "run.oci.seccomp_bpf_data" in annotations
+    assert store.wait(second.id, timeout=20) == 1
+    assert output(store, second.id) == b"Seccomp:\t2\n"
+    assert set(os.listdir(cache)) - before == kept
+    code, out, _ = run(store, ctr, "sh", "-c", probe, runtime="crun", security_opt=["seccomp=unconfined"])
+    assert (code, out) == (0, b"Seccomp:\t0\nallowed\n")
+    assert store.inspect(second.id)["HostConfig"]["Runtime"] == "crun"
+
+
+def test_runc_runs_what_crun_runs(store, ctr):
+    """``--runtime runc`` beside crun: its state under its own root, the same lifecycle, exec,
+    seccomp, and nothing left after the removal."""
+    record = ctr("sleep", "60", runtime="runc")
+    oci = store.runtime_of(record)
+    assert oci.name == "runc" and oci.state(record.id)["status"] == "running"
+    assert all(o.state(record.id) is None for o in store.runtimes.values() if o is not oci)
+    code, out, err = store.exec(record.id, ["sh", "-c", "grep Seccomp: /proc/self/status; unshare -U true"])
+    assert code == 1 and out == b"Seccomp:\t2\n" and b"Operation not permitted" in err
+    assert store.exec(record.id, ["nope"])[0] == 127
+    store.pause(record.id)
+    assert oci.state(record.id)["status"] == "paused"
+    store.unpause(record.id)
+    store.stop(record.id, timeout=1)
+    assert oci.state(record.id) is None
+    assert store.inspect(record.id)["HostConfig"]["Runtime"] == "runc"
+    store.remove(record.id)
+    assert oci.list() == [] or all(e["id"] != record.id for e in oci.list())
+
+
+def test_an_unknown_runtime_is_refused(store, ctr):
+    with pytest.raises(InvalidArgument, match="Unknown runtime specified kata"):
+        ctr("true", start=False, runtime="kata")
+
+
+def test_a_failed_exec_says_what_runc_says(store, ctr):
+    """crun words a missing program its own way; Berth reports it in runc's (Docker's) words."""
+    record = ctr("sleep", "60")
+    code, _, err = store.exec(record.id, ["nope"])
+    assert code == 127 and err == b'OCI runtime exec failed: exec: "nope": executable file not found in $PATH\n'
+    code, _, err = store.exec(record.id, ["/no/such"])
+    assert code == 127 and b'exec: "/no/such": stat /no/such: no such file or directory' in err
+    code, out, err = store.exec(record.id, ["sh", "-c", "echo out; echo err >&2; exit 255"])
+    assert (code, out, err) == (255, b"out\n", b"err\n")  # the program's own 255 stays its own
+    # With a terminal, crun fails before conmon gets it, and conmon says nothing: Berth looks.
+    with pytest.raises(CommandError, match='exec: "nope": executable file not found in \\$PATH'):
+        store.exec(record.id, ["nope"], detach=True, tty=True)

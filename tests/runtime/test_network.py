@@ -384,7 +384,7 @@ def test_cleanup_removes_what_a_killed_engine_left(env, store, net, ctr):
     os.kill(record.pid, signal.SIGKILL)
     os.kill(conmon, signal.SIGKILL)
     time.sleep(0.2)
-    store.runc.delete(record.id, force=True)
+    store.runtime_of(record).delete(record.id, force=True)
     subprocess.run(["umount", "-l", os.path.join(store.root, record.id, "merged")], capture_output=True)
     shutil.rmtree(os.path.join(store.root, record.id))
     net.ports.release(record.id)

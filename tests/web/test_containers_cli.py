@@ -145,3 +145,22 @@ def test_restart_on_failure_and_rm(docker, name):
     gone = name + "-rm"
     docker("run", "-d", "--rm", "--name", gone, "busybox", "sh", "-c", "sleep 0.3")
     assert wait_until(lambda: gone not in docker("ps", "-a", "--format", "{{.Names}}").stdout, timeout=20)
+
+
+def test_runtime_choice_through_the_cli(docker, name):
+    """``docker info`` names both runtimes and the default (crun where it can run); ``--runtime
+    runc`` runs under runc, and inspect says which ran a container; an unknown one is refused."""
+    info = json.loads(docker("info", "--format", "{{json .}}").stdout)
+    assert set(info["Runtimes"]) == {"runc", "crun"} and info["DefaultRuntime"] in ("runc", "crun")
+    assert docker("run", "--rm", "--runtime", "runc", "busybox", "echo", "from runc").stdout == "from runc\n"
+    docker("run", "-d", "--name", name, "--runtime", "runc", "busybox", "sleep", "60")
+    assert docker("inspect", "--format", "{{.HostConfig.Runtime}}", name).stdout.strip() == "runc"
+    assert docker("exec", name, "echo", "in runc").stdout == "in runc\n"
+    docker("rm", "-f", name)
+    docker("run", "-d", "--name", name, "busybox", "sleep", "60")
+    assert docker("inspect", "--format", "{{.HostConfig.Runtime}}", name).stdout.strip() == info["DefaultRuntime"]
+    missing = docker("exec", name, "nope", check=False)
+    assert missing.returncode == 127 and 'exec: "nope": executable file not found in $PATH' in missing.stderr
+    docker("rm", "-f", name)
+    refused = docker("run", "--rm", "--runtime", "kata", "busybox", "true", check=False)
+    assert refused.returncode != 0 and "Unknown runtime specified kata" in refused.stderr

@@ -29,7 +29,7 @@ def test_docker_version_as_json(berth, tmp_path):
     assert result.returncode == 0, result.stderr
     server = json.loads(result.stdout)
     assert server["ApiVersion"] == "1.41"
-    assert {c["Name"] for c in server["Components"]} == {"Engine", "runc", "conmon"}
+    assert {c["Name"] for c in server["Components"]} == {"Engine", "runc", "crun", "conmon"}
 
 
 def test_docker_info_shows_the_host_and_engine(berth, tmp_path):
