@@ -230,6 +230,10 @@ class DockerEngine(Engine):
 
 
 class BerthEngine(Engine):
+    def default_runtime(self) -> str:
+        """The OCI runtime Berth runs containers under (``docker info``'s DefaultRuntime)."""
+        return self.docker("info", "--format", "{{.DefaultRuntime}}").stdout.strip()
+
     def daemon_pids(self) -> dict[str, list[int]]:
         out = {}
         for proc in self.side.processes:
@@ -238,8 +242,17 @@ class BerthEngine(Engine):
         return out
 
 
-def start_docker(workdir: str, logdir: str) -> DockerEngine:
-    side = DockerSide(os.path.join(workdir, "docker"), logdir, "127.0.0.1:1", IMAGE)
+def runtime_args(runtime: str) -> tuple[str, ...]:
+    """dockerd's flags for its OCI runtime: none for runc (its default), else the runtime added
+    under its own name and made the default (``--add-runtime crun=/usr/bin/crun``)."""
+    if runtime == "runc":
+        return ()
+    return ("--add-runtime", f"{runtime}={shutil.which(runtime) or runtime}", "--default-runtime", runtime)
+
+
+def start_docker(workdir: str, logdir: str, runtime: str = "runc") -> DockerEngine:
+    side = DockerSide(os.path.join(workdir, "docker"), logdir, "127.0.0.1:1", IMAGE,
+                      network_args=(*DockerSide.NETWORK_ARGS, *runtime_args(runtime)))
     sock = side.env["DOCKER_HOST"][len("unix://"):]
     api = Api(lambda: _UnixConnection(sock))
     exec_root = os.path.join(side.workdir, "exec")
@@ -494,9 +507,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--network", choices=("none", "bridge"), default="none",
                         help="bridge: only `docker run --rm busybox true` (and its API flow) on each engine's "
                              "default bridge network, dockerd with a bridge of its own (bench/run_bridge.py)")
+    parser.add_argument("--berth-runtime", choices=("auto", "runc", "crun"), default="auto",
+                        help="Berth's default OCI runtime (BERTH_DEFAULT_RUNTIME; default auto: crun where it "
+                             "can run, else runc)")
+    parser.add_argument("--docker-runtime", choices=("runc", "crun"), default="runc",
+                        help="dockerd's default OCI runtime (default runc, as installed)")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         parser.error("run as root (dockerd and Berth's worker need it)")
+    os.environ["BERTH_DEFAULT_RUNTIME"] = args.berth_runtime
     if args.network == "bridge":
         from bench.run_bridge import main_bridge
 
@@ -520,11 +539,12 @@ def main(argv: list[str] | None = None) -> int:
         logdir = os.path.join(tempdir, "logs")
         os.makedirs(logdir)
         log("starting dockerd and Berth...")
-        docker = start_docker(workdir, logdir)
+        docker = start_docker(workdir, logdir, args.docker_runtime)
         engines.append(docker)
         berth = start_berth(workdir, logdir)
         engines.append(berth)
-        docker_version = f"{docker.side.version} ({docker.side.driver})"
+        docker_version = (f"{docker.side.version} ({docker.side.driver}, {args.docker_runtime}); Berth's runtime "
+                          f"{berth.default_runtime()}")
         image_how = load_busybox(berth, docker, tempdir)
         if args.only:
             engines = [e for e in engines if e.name == args.only]

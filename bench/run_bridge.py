@@ -51,6 +51,7 @@ from bench.run import (
     api_run_once,
     load_busybox,
     percentile,
+    runtime_args,
     start_berth,
 )
 from tests.support.dockerd import DockerBridge
@@ -145,12 +146,13 @@ def main_bridge(args) -> int:
         bridge = DockerBridge()
         log("starting dockerd (with its bridge) and Berth...")
         side = DockerSide(os.path.join(workdir, "docker"), logdir, "127.0.0.1:1", IMAGE,
-                          network_args=bridge.dockerd_args())
+                          network_args=(*bridge.dockerd_args(), *runtime_args(args.docker_runtime)))
         sock = side.env["DOCKER_HOST"][len("unix://"):]
         docker = DockerEngine("docker", side, Api(lambda: _UnixConnection(sock)), "containerd-shim-runc-v2",
                               os.path.join(side.workdir, "exec"))
         berth = start_berth(workdir, logdir)
-        docker_version = f"{docker.side.version} ({docker.side.driver})"
+        docker_version = (f"{docker.side.version} ({docker.side.driver}, {args.docker_runtime}); Berth's runtime "
+                          f"{berth.default_runtime()}")
         load_busybox(berth, docker, tempdir)
         engines = [e for e in (docker, berth) if not args.only or e.name == args.only]
         for engine in engines:
