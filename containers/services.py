@@ -175,7 +175,7 @@ def _auto_remove(container_id: str) -> None:
 
 
 @contextlib.contextmanager
-def _row_lock(container_id: str):
+def row_lock(container_id: str):
     """Hold while reading the engine's record and writing the container's row from it: the start
     and the exit watcher both do, and without it a row could be written from an older state of the
     engine than one already written (a running container shown exited, an exit acted on twice).
@@ -205,7 +205,7 @@ def after_start(container_id: str) -> Container | None:
     """
     engine = engine_containers()
     try:
-        with _row_lock(container_id):
+        with row_lock(container_id):
             record = engine.get(container_id)
             container = sync_container(record) if record.running else None
         if container is None or not engine.get(container_id).running:
@@ -235,7 +235,7 @@ def handle_exit(container_id: str) -> Container | None:
     from . import tasks
 
     engine = engine_containers()
-    with _row_lock(container_id):
+    with row_lock(container_id):
         try:
             record = engine.sync(container_id)
         except NotFound:  # removed meanwhile (by the other one who saw it end, with --rm)
@@ -285,11 +285,12 @@ def do_create(config: dict, user_id: int | None = None, start: bool = False) -> 
 
     engine = engine_containers()
     record = engine.create(ContainerConfig.from_json(config))
-    container = sync_container(record)
+    if not start and record.config.auto_remove:
+        _init_ahead(record.id)  # first: the row below can be written while it runs
+    with row_lock(record.id):  # the early init writes the row too: the later state wins
+        container = sync_container(engine.get(record.id) if not start and record.config.auto_remove else record)
     if user_id:
         Container.objects.filter(pk=container.pk).update(user_id=user_id)
-    if not start and record.config.auto_remove:
-        _init_ahead(record.id)
     if start:
         try:
             engine.start(record.id)
@@ -350,7 +351,7 @@ def do_action(container_id: str, action: str, **kwargs):
         after_start(container_id)
         return None
     try:
-        with _row_lock(container_id):
+        with row_lock(container_id):
             record = engine.get(container_id)
             exited = _state_of(record) == ContainerStateChoices.EXITED
             if not exited:

@@ -159,6 +159,11 @@ REDIS_URL = os.getenv("REDIS_URL", "redis://127.0.0.1:6379/0")
 
 CELERY_BROKER_URL = REDIS_URL
 CELERY_RESULT_BACKEND = REDIS_URL
+# One result backend (its Redis pool and result subscription) for every thread of a process:
+# Daphne runs each request's sync code in a thread of its own, and a per-thread backend (Celery's
+# default) connected to Redis anew and subscribed again for every request that waits on a task.
+# Celery 5.7's Redis result consumer lets one thread read the subscription for all of them.
+CELERY_RESULT_BACKEND_THREAD_SAFE = True
 CELERY_TASK_DEFAULT_QUEUE = f"node.{NODE_NAME}"
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"

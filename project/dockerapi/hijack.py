@@ -231,7 +231,8 @@ def do_init(container_id: str) -> str:
         if _state(record) in ("created", "running", "paused"):
             return record.id
         raise
-    services.sync_container(record)
+    with services.row_lock(record.id):  # do_create may be writing the row of an early init
+        services.sync_container(store().get(record.id))
     return record.id
 
 

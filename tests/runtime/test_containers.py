@@ -624,7 +624,7 @@ def test_crun_loads_the_filter_it_compiled_for_the_first_container(store, ctr):
     filter compiled by crun and kept; the next ones load that filter (an annotation in their
     spec) and are filtered the same: unshare(CLONE_NEWUSER) needs no capability, only seccomp
     refuses it."""
-    if not store.crun_usable():
+    if not store.crun_usable(prepare=True):
         pytest.skip("crun is not installed or cannot run under this host's cgroups")
     cache = store.seccomp_cache.directory
     before = set(os.listdir(cache)) if os.path.isdir(cache) else set()
