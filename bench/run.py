@@ -370,9 +370,9 @@ def measure_memory(engines: list[Engine], count: int, settle: float) -> None:
             raise RuntimeError(f"{engine.name}: {len(monitors)} {engine.monitor} processes for {count} containers")
         pss = [pss_kb(p) for p in monitors]
         after = {name: sum(pss_kb(p) for p in pids) for name, pids in engine.daemon_pids().items()}
-        runc = processes("runc", engine.side.workdir)
+        runtimes = processes("runc", engine.side.workdir) + processes("crun", engine.side.workdir)
         engine.memory = {"count": count, "monitor_kb": pss, "daemons_before": before, "daemons_after": after,
-                         "runc": len(runc)}
+                         "runc": len(runtimes)}
         log(f"{engine.name}: {engine.monitor} Pss per container {statistics.mean(pss):.0f} kB "
             f"(min {min(pss)}, max {max(pss)}); daemons {after} kB")
         engine.remove_all()
@@ -461,7 +461,7 @@ def report(engines: list[Engine], args, docker_version: str, image_how: str) -> 
             text = ", ".join(f"{k} {after[k] / 1024:.0f} MB ({(after[k] - before.get(k, 0)) / 1024:+.1f})"
                              for k in after)
             row(f"{e.name}: daemons' Pss with {args.idle} running (growth from none)", {e.name: text})
-            row(f"{e.name}: monitors' total Pss, MB; runc processes left", {
+            row(f"{e.name}: monitors' total Pss, MB; runc/crun processes left", {
                 e.name: f"{sum(e.memory['monitor_kb']) / 1024:.1f}; {e.memory['runc']}"})
     row(f"`docker ps -a` with {args.ps_containers} containers, median ms", {e.name: _ms(e.ps) for e in engines},
         ratio_of(lambda e: statistics.median(e.ps) if e.ps else None, TARGET_PS_RATIO))
