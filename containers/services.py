@@ -86,7 +86,7 @@ def sync_container(record) -> Container:
     if not created:
         for key, value in fields.items():
             setattr(container, key, value)
-        container.save()
+        container.save(update_fields=list(fields))  # never columns it did not read, like user
     if changed:
         realtime.publish_on_commit(realtime.EVENTS_GROUP, state_event(container))
     return container
@@ -289,8 +289,8 @@ def do_create(config: dict, user_id: int | None = None, start: bool = False) -> 
         _init_ahead(record.id)  # first: the row below can be written while it runs
     with row_lock(record.id):  # the early init writes the row too: the later state wins
         container = sync_container(engine.get(record.id) if not start and record.config.auto_remove else record)
-    if user_id:
-        Container.objects.filter(pk=container.pk).update(user_id=user_id)
+        if user_id:
+            Container.objects.filter(pk=container.pk).update(user_id=user_id)
     if start:
         try:
             engine.start(record.id)

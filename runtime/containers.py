@@ -327,6 +327,7 @@ class ContainerStore:
             for name, path in (("runc", config.runc), ("crun", config.crun))
         }
         self._default_runtime: str | None = None
+        self._crun_prepared: bool | None = None
         self.seccomp_cache = SeccompCache(os.path.join(self.run_root, "seccomp"))
         self.conmon = Conmon(config.conmon, os.path.join(self.run_root, "s"))
         if network is None:
@@ -641,12 +642,17 @@ class ContainerStore:
     def crun_usable(self, *, prepare: bool = False) -> bool:
         """True if crun is installed and can create containers under this host's cgroups. On a
         hybrid host whose unified hierarchy offers controllers (crun refuses those), ``prepare``
-        binds them as v1 hierarchies first (``cgroups.bind_v1_hierarchies``)."""
+        binds them as v1 hierarchies first (``cgroups.bind_v1_hierarchies``), once per process:
+        its answer is kept."""
+        if self._crun_prepared is not None:
+            return self._crun_prepared
         if not shutil.which(self.runtimes["crun"].path):
             return False
         offered = cgroups.hybrid_v2_controllers()
-        if offered and prepare:
-            offered = cgroups.bind_v1_hierarchies(offered)
+        if prepare:
+            if offered:
+                offered = cgroups.bind_v1_hierarchies(offered)
+            self._crun_prepared = not offered
         return not offered
 
     def _check_runtime(self, name: str) -> str:
@@ -948,8 +954,12 @@ class ContainerStore:
         """Make the container exist in runc (state CREATED). On failure clean up and raise."""
         previous = record.state
         cid = record.id
+        oci = self.runtime_of(record)
+        spec = None
         self._clear_run_files(record)
         try:
+            if oci.name == "crun":
+                self.crun_usable(prepare=True)  # the cgroup binding crun needs is gone after a reboot
             image = self.images.get(record.image_id)
             lowers = [self.layers.get(c).path for c in image.chain_ids]
             rootfs = mount_rootfs(self._dir(cid), lowers, links_dir=self.links_dir)
@@ -957,13 +967,14 @@ class ContainerStore:
             spec = self._build_spec(record, rootfs, netns, image_arch=image.architecture)
             replace_json(os.path.join(self._bundle(cid), "config.json"), spec)
             tty = record.config.tty
-            oci = self.runtime_of(record)
             pid = self.conmon.create(
                 cid, oci, cuuid=self._cuuid(cid), bundle=self._bundle(cid), log_path=self.log_path(cid),
                 exit_dir=os.path.dirname(self._exit_file(cid)), persist_dir=self._persist_dir(cid),
                 terminal=tty, stdin=record.config.open_stdin, leave_stdin_open=not record.config.stdin_once,
             )
         except (EngineError, OSError) as exc:
+            if spec is not None and SeccompCache.ANNOTATION in spec["annotations"]:
+                self.seccomp_cache.drop(spec["linux"]["seccomp"], oci)  # compiled afresh next time
             self._fail_start(record, previous, exc)
         except BaseException:
             self._release(record)
@@ -1690,7 +1701,7 @@ class ContainerStore:
         finally:
             os.close(lock_fd)
             self.conmon.remove_session_tmp(self._cuuid(exec_id))
-        if not messages and not conmon_alive(session.get("conmon_pid", 0), cid):
+        if not messages and session.get("tty") and not conmon_alive(session.get("conmon_pid", 0), cid):
             # conmon leaves without a word when the runtime failed before it handed over the
             # session's terminal, as crun does for a program that is not there (runc hands the
             # terminal over first, and conmon reports runc's message).
@@ -1717,9 +1728,13 @@ class ContainerStore:
                 process = json.load(f)
             program = process["args"][0]
             record = self._read(cid)
-            root = f"/proc/{record.pid}/root" if record is not None and record.pid else ""
         except (OSError, ValueError, KeyError, IndexError):
             return "exec failed: the process could not start"
+        # The container's own root, unless its pid is gone or another process's now.
+        alive = record is not None and record.pid and process_start_time(record.pid) == record.pid_start
+        root = f"/proc/{record.pid}/root" if alive else ""
+        if not root:
+            return "exec failed: the process could not start: the container is not running"
         search = oci_spec.env_value(process.get("env") or [], "PATH") or "/usr/sbin:/usr/bin:/sbin:/bin"
         candidates = [program] if "/" in program else [f"{d or '.'}/{program}" for d in search.split(":")]
         for candidate in candidates if root else ():
@@ -1728,7 +1743,7 @@ class ContainerStore:
                                                else os.path.join(process.get("cwd") or "/", candidate)))
             except OSError:
                 continue
-            return f'exec failed: unable to start container process: exec: "{program}": permission denied'
+            return f'exec failed: unable to start container process: "{program}" could not be run'
         if "/" in program:
             return f'exec failed: unable to start container process: exec: "{program}": stat {program}: ' \
                    "no such file or directory"

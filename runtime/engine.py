@@ -12,7 +12,7 @@ from typing import Callable
 from .config import RuntimeConfig
 from .containers import ContainerConfig, ContainerRecord, ContainerStore
 from .digest import Digest
-from .errors import InvalidArgument
+from .errors import EngineError, InvalidArgument
 from .images import ImageRecord, ImageStore
 from .layers import LayerStore
 from .pull import Progress, Puller
@@ -48,6 +48,9 @@ class Engine:
         self.store.clean_tmp()
         # Settle the default OCI runtime now (with "auto", this may bind cgroup controllers for
         # crun: ContainerStore.crun_usable), not at the first create.
+        if self.config.default_runtime not in ("auto", "runc", "crun"):
+            raise EngineError(f"unknown default OCI runtime {self.config.default_runtime!r} "
+                              "(BERTH_DEFAULT_RUNTIME: auto, runc or crun)")
         self.containers.default_runtime()
         cleanup = getattr(self.networks, "cleanup", None)
         if cleanup is not None:

@@ -18,11 +18,14 @@ Every call passes ``--root`` (Berth keeps each runtime's state under ``<run_root
 from __future__ import annotations
 
 import base64
+import contextlib
+import functools
 import hashlib
 import json
 import os
 import re
 import subprocess
+import tempfile
 
 from runtime.errors import CommandError, NotFound
 
@@ -107,7 +110,9 @@ class OciRuntime:
             return True
         # crun: error opening file `<root>/<id>/status`: No such file or directory, or
         # cannot open directory '<root>/<id>': No such file or directory
-        return self.name == "crun" and "No such file or directory" in message and self.root in message
+        if self.name != "crun" or "No such file or directory" not in message:
+            return False
+        return re.search(re.escape(self.root.rstrip("/")) + r"/[^/`']+(/status)?[`']", message) is not None
 
     #
     # Lifecycle
@@ -227,12 +232,14 @@ class SeccompCache:
         self._known: dict[str, str] = {}
 
     def _path(self, profile: dict, oci: OciRuntime) -> str | None:
-        try:
-            st = os.stat(oci.path)
-        except OSError:
-            return None
         digest = hashlib.sha256(json.dumps(profile, sort_keys=True).encode())
-        digest.update(f"{oci.path}:{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}".encode())
+        for path in (oci.path, _libseccomp_path()):
+            try:
+                st = os.stat(path) if path else None
+            except OSError:
+                return None
+            if st is not None:
+                digest.update(f"{path}:{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns};".encode())
         return os.path.join(self.directory, digest.hexdigest() + ".bpf")
 
     def get(self, profile: dict, oci: OciRuntime) -> str | None:
@@ -251,6 +258,14 @@ class SeccompCache:
             self._known[path] = base64.b64encode(data).decode("ascii")
         return self._known[path]
 
+    def drop(self, profile: dict, oci: OciRuntime) -> None:
+        """Forget the filter of ``profile`` (a create that loaded it failed): compiled afresh next time."""
+        path = self._path(profile, oci)
+        if path is not None:
+            self._known.pop(path, None)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
     def put(self, profile: dict, oci: OciRuntime, cid: str) -> None:
         """Keep the filter crun compiled for ``profile`` when it created ``cid``."""
         path = self._path(profile, oci)
@@ -262,12 +277,30 @@ class SeccompCache:
             if not _valid_bpf(data):
                 return
             os.makedirs(self.directory, mode=0o700, exist_ok=True)
-            temp = f"{path}.{os.getpid()}.tmp"
-            with open(temp, "wb") as f:
-                f.write(data)
-            os.replace(temp, path)
+            fd, temp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                os.replace(temp, path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(temp)
+                raise
         except OSError:
             return
+
+
+@functools.lru_cache(maxsize=1)
+def _libseccomp_path() -> str | None:
+    """The libseccomp that crun loads (it is linked dynamically): its compiled filters depend on it."""
+    try:
+        out = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for line in out.splitlines():
+        if line.strip().startswith("libseccomp.so") and "=>" in line:
+            return os.path.realpath(line.split("=>", 1)[1].strip())
+    return None
 
 
 def _valid_bpf(data: bytes) -> bool:

@@ -21,6 +21,8 @@ def test_a_container_crun_does_not_know_is_not_found(tmp_path):
     crun = OciRuntime("crun", "crun", str(tmp_path / "crun"))
     assert crun._missing(f"error opening file `{tmp_path}/crun/abc/status`: No such file or directory")
     assert not crun._missing("open `/etc/x`: No such file or directory")
+    assert crun._missing(f"cannot open directory '{tmp_path}/crun/abc': No such file or directory")
+    assert not crun._missing(f"open `{tmp_path}/crun/abc/config.json`: No such file or directory")
     assert crun.state("abc") is None and not crun.exists("abc")
 
 
@@ -54,5 +56,9 @@ def test_the_seccomp_cache_keys_on_the_profile_and_the_binary(tmp_path):
     (tmp_path / "state" / "c2" / "seccomp.bpf").write_bytes(b"odd")  # not whole instructions
     cache.put({"other": 1}, oci, "c2")
     assert cache.get({"other": 1}, oci) is None
+    cache.drop(profile, oci)  # a create that loaded it failed
+    assert cache.get(profile, oci) is None and SeccompCache(str(tmp_path / "cache")).get(profile, oci) is None
+    cache.put(profile, oci, "c1")
     binary.write_bytes(b"#!/bin/sh\n# a new build\n")
     assert SeccompCache(str(tmp_path / "cache")).get(profile, oci) is None
+    assert [n for n in os.listdir(tmp_path / "cache") if n.endswith(".tmp")] == []
