@@ -1036,9 +1036,9 @@ class ContainerStore:
         cid = record.id
         caps = oci_spec.effective_capabilities(config.cap_add, config.cap_drop, config.privileged)
         security = _security_options(config.security_opt)
+        oci = self.runtime_of(record)
         seccomp = None
         if not config.privileged and security.get("seccomp") != "unconfined":
-            oci = self.runtime_of(record)
             oci_spec.check_seccomp_support(oci.features(), oci.path)
             seccomp = oci_spec.default_seccomp_profile(caps, image_arch=image_arch,
                                                        native_only=self.config.seccomp_native_only)
@@ -1070,10 +1070,10 @@ class ContainerStore:
                      oci_spec.with_privileged_devices()]
         spec = oci_spec.generate(*opts)
         spec["annotations"] = {"io.berth.container.name": record.name, "io.berth.image": record.image_id}
-        if seccomp is not None and self.runtime_of(record).name == "crun":
+        if seccomp is not None and oci.name == "crun":
             # crun loads a filter it compiled before instead of compiling the same profile again
             # (~10 ms of every create with three ABIs): see SeccompCache.
-            bpf = self.seccomp_cache.get(seccomp, self.runtime_of(record))
+            bpf = self.seccomp_cache.get(seccomp, oci)
             if bpf is not None:
                 spec["annotations"][SeccompCache.ANNOTATION] = bpf
         return spec
