@@ -13,7 +13,10 @@ rmdirs what ``runc delete`` leaves behind (the shared ``/berth`` parent, or a le
 crun runs on a hybrid host only when the unified hierarchy has no controller ("cgroups in hybrid
 mode not supported, drop all controllers from cgroupv2"). A host whose v1 mounts leave one out
 (here: ``hugetlb``) offers it in the unified hierarchy instead; ``bind_v1_hierarchies`` mounts
-such controllers as v1 hierarchies of their own, as systemd does on every hybrid host.
+such controllers as v1 hierarchies of their own, as systemd does on every hybrid host. And a v1
+host with an empty ``unified`` directory where cgroup2 is not mounted misleads crun, which takes
+it for a hierarchy and writes ``cgroup.procs`` files into the tmpfs; ``mount_unified`` mounts
+cgroup2 there, as systemd does on a hybrid host (``stray_unified_dir`` tells the case).
 """
 
 from __future__ import annotations
@@ -22,8 +25,8 @@ import contextlib
 import os
 import subprocess
 
-__all__ = ["CgroupPaths", "bind_v1_hierarchies", "cpu_count", "hybrid_v2_controllers", "network_stats",
-           "read_stats", "remove_dirs", "system_cpu_usage"]
+__all__ = ["CgroupPaths", "bind_v1_hierarchies", "cpu_count", "hybrid_v2_controllers", "mount_unified",
+           "network_stats", "read_stats", "remove_dirs", "stray_unified_dir", "system_cpu_usage"]
 
 CGROUP_ROOT = "/sys/fs/cgroup"
 _NS_PER_TICK = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
@@ -71,6 +74,24 @@ def hybrid_v2_controllers(root: str = CGROUP_ROOT) -> list[str]:
         return []
     text = _read(os.path.join(root, "unified", "cgroup.controllers"))
     return text.split() if text else []
+
+
+def stray_unified_dir(root: str = CGROUP_ROOT) -> bool:
+    """True on a v1 host whose ``<root>/unified`` is a directory with no cgroup2 mounted on it."""
+    unified = os.path.join(root, "unified")
+    return (not os.path.exists(os.path.join(root, "cgroup.controllers")) and os.path.isdir(unified)
+            and not os.path.ismount(unified))
+
+
+def mount_unified(root: str = CGROUP_ROOT) -> bool:
+    """Mount cgroup2 on the empty ``<root>/unified`` of a v1 host (a hybrid host then); True if it
+    is mounted afterwards. A directory with anything in it is left alone."""
+    unified = os.path.join(root, "unified")
+    if stray_unified_dir(root) and not os.listdir(unified):
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            subprocess.run(["mount", "-t", "cgroup2", "-o", "nosuid,nodev,noexec", "cgroup2", unified],
+                           check=True, capture_output=True, timeout=10)
+    return os.path.ismount(unified)
 
 
 def bind_v1_hierarchies(controllers: list[str], root: str = CGROUP_ROOT) -> list[str]:

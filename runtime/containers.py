@@ -642,18 +642,21 @@ class ContainerStore:
     def crun_usable(self, *, prepare: bool = False) -> bool:
         """True if crun is installed and can create containers under this host's cgroups. On a
         hybrid host whose unified hierarchy offers controllers (crun refuses those), ``prepare``
-        binds them as v1 hierarchies first (``cgroups.bind_v1_hierarchies``), once per process:
-        its answer is kept."""
+        binds them as v1 hierarchies first (``cgroups.bind_v1_hierarchies``), and on a v1 host
+        with an empty, unmounted ``unified`` directory (which crun takes for a hierarchy) mounts
+        cgroup2 there first; once per process: its answer is kept."""
         if self._crun_prepared is not None:
             return self._crun_prepared
         if not shutil.which(self.runtimes["crun"].path):
             return False
+        if not prepare:
+            return not cgroups.stray_unified_dir() and not cgroups.hybrid_v2_controllers()
+        usable = not cgroups.stray_unified_dir() or cgroups.mount_unified()
         offered = cgroups.hybrid_v2_controllers()
-        if prepare:
-            if offered:
-                offered = cgroups.bind_v1_hierarchies(offered)
-            self._crun_prepared = not offered
-        return not offered
+        if offered:
+            offered = cgroups.bind_v1_hierarchies(offered)
+        self._crun_prepared = usable and not offered
+        return self._crun_prepared
 
     def _check_runtime(self, name: str) -> str:
         """``name`` if containers can be created with it here; InvalidArgument (Docker's words) if not."""
@@ -662,8 +665,10 @@ class ContainerStore:
         if name == "crun" and not self.crun_usable(prepare=True):
             if not shutil.which(self.runtimes["crun"].path):
                 raise InvalidArgument("Unknown runtime specified crun (it is not installed on this host)")
-            raise InvalidArgument("crun cannot run containers on this host: its cgroup v2 hierarchy has "
-                                  f"controllers ({' '.join(cgroups.hybrid_v2_controllers())}) beside v1")
+            offered = cgroups.hybrid_v2_controllers()
+            raise InvalidArgument("crun cannot run containers under this host's cgroups: " + (
+                f"its cgroup2 hierarchy has controllers ({' '.join(offered)}) beside v1" if offered else
+                "cgroup2 is not mounted on /sys/fs/cgroup/unified beside v1"))
         return name
 
     def _check_options(self, config: ContainerConfig) -> None:

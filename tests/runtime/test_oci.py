@@ -39,6 +39,19 @@ def test_the_unified_hierarchy_of_a_hybrid_host_is_read_for_controllers(tmp_path
     assert cgroups.hybrid_v2_controllers(str(root)) == []  # v2 only: crun's own layout
 
 
+def test_an_unmounted_unified_directory_is_told_apart(tmp_path):
+    """crun takes an empty, unmounted ``unified`` directory of a v1 host for a hierarchy (and writes
+    cgroup.procs files into the tmpfs): Berth mounts cgroup2 there first (tested live, in a private
+    mount namespace, by hand: see docs/architecture.md)."""
+    root = tmp_path / "cgroup"
+    (root / "memory").mkdir(parents=True)
+    assert not cgroups.stray_unified_dir(str(root))  # v1 without a unified directory
+    (root / "unified").mkdir()
+    assert cgroups.stray_unified_dir(str(root))
+    (root / "cgroup.controllers").write_text("cpu\n")
+    assert not cgroups.stray_unified_dir(str(root))  # a v2 host
+
+
 def test_the_seccomp_cache_keys_on_the_profile_and_the_binary(tmp_path):
     binary = tmp_path / "crun"
     binary.write_bytes(b"#!/bin/sh\n")
