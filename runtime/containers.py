@@ -82,7 +82,7 @@ from runtime.monitor import (
     wait_for_exit,
 )
 from runtime.network.manager import check_endpoint_options
-from runtime.oci import RUNTIMES, OciRuntime, SeccompCache
+from runtime.oci import RUNTIMES, OciRuntime, SeccompCache, runc_not_found
 from runtime.rootfs import is_mounted, mount_rootfs, unmount_rootfs
 from runtime.state import ACTIVE_STATES, ContainerState, check_state
 from runtime.volumes import ANONYMOUS_LABEL, VolumeStore
@@ -1742,18 +1742,14 @@ class ContainerStore:
             return "exec failed: the process could not start: the container is not running"
         search = oci_spec.env_value(process.get("env") or [], "PATH") or "/usr/sbin:/usr/bin:/sbin:/bin"
         candidates = [program] if "/" in program else [f"{d or '.'}/{program}" for d in search.split(":")]
-        for candidate in candidates if root else ():
+        for candidate in candidates:
             try:
                 os.close(oci_spec.open_in_root(root, candidate if candidate.startswith("/")
                                                else os.path.join(process.get("cwd") or "/", candidate)))
             except OSError:
                 continue
             return f'exec failed: unable to start container process: "{program}" could not be run'
-        if "/" in program:
-            return f'exec failed: unable to start container process: exec: "{program}": stat {program}: ' \
-                   "no such file or directory"
-        return f'exec failed: unable to start container process: exec: "{program}": executable file not ' \
-               "found in $PATH"
+        return f"exec failed: unable to start container process: {runc_not_found(program)}"
 
     def _wait_sync(self, directory: str, conmon_pid: int, timeout: float) -> list[dict]:
         """conmon's messages in the session's sync file, once there is one (or conmon is gone)."""

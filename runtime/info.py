@@ -15,38 +15,24 @@ API_VERSION = "1.41"
 MIN_API_VERSION = "1.24"
 
 
-def _command_version(argv: list[str], pattern: str) -> str:
-    """Run ``argv`` and return the first match of ``pattern`` in its output, or '' if absent."""
+def _command_output(argv: list[str]) -> str:
+    """What ``argv`` prints on stdout, or '' if it is not installed or fails to run."""
     if shutil.which(argv[0]) is None:
         return ""
     try:
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=5).stdout
+        return subprocess.run(argv, capture_output=True, text=True, timeout=5).stdout
     except (OSError, subprocess.TimeoutExpired):
         return ""
-    match = re.search(pattern, out)
-    return match.group(1) if match else ""
 
 
-def runc_version(config: RuntimeConfig) -> dict:
-    """Version and commit of the runc binary, e.g. {'version': '1.1.5', 'commit': '...'}."""
-    version = _command_version([config.runc, "--version"], r"runc version (\S+)")
-    commit = _command_version([config.runc, "--version"], r"commit: (\S+)")
-    return {"version": version, "commit": commit}
-
-
-def crun_version(config: RuntimeConfig) -> dict:
-    """Version and commit of the crun binary (empty strings when it is not installed)."""
-    if not shutil.which(config.crun):
-        return {"version": "", "commit": ""}
-    version = _command_version([config.crun, "--version"], r"crun version (\S+)")
-    commit = _command_version([config.crun, "--version"], r"commit: (\S+)")
-    return {"version": version, "commit": commit}
-
-
-def conmon_version(config: RuntimeConfig) -> dict:
-    version = _command_version([config.conmon, "--version"], r"conmon version (\S+)")
-    commit = _command_version([config.conmon, "--version"], r"commit: (\S+)")
-    return {"version": version, "commit": commit}
+def binary_version(path: str, name: str) -> dict:
+    """Version and commit of ``name``'s binary at ``path`` (runc, crun, conmon: ``--version`` prints
+    "<name> version X" and "commit: Y"), e.g. {'version': '1.1.5', 'commit': '...'}; empty
+    strings when it is not installed. One run of ``--version`` for both."""
+    out = _command_output([path, "--version"])
+    version = re.search(rf"{name} version (\S+)", out)
+    commit = re.search(r"commit: (\S+)", out)
+    return {"version": version.group(1) if version else "", "commit": commit.group(1) if commit else ""}
 
 
 def cgroup_version() -> str:
@@ -103,7 +89,7 @@ def system_info(config: RuntimeConfig) -> dict:
         "cgroup_driver": "cgroupfs",
         "storage_driver": "overlay2",
         "root": config.root,
-        "runc": runc_version(config),
-        "crun": crun_version(config),
-        "conmon": conmon_version(config),
+        "runc": binary_version(config.runc, "runc"),
+        "crun": binary_version(config.crun, "crun"),
+        "conmon": binary_version(config.conmon, "conmon"),
     }

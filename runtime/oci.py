@@ -29,7 +29,7 @@ import tempfile
 
 from runtime.errors import CommandError, NotFound
 
-__all__ = ["CRUN_EXEC_FAILURE_RE", "OciRuntime", "RUNTIMES", "SeccompCache", "runc_message"]
+__all__ = ["CRUN_EXEC_FAILURE_RE", "OciRuntime", "RUNTIMES", "SeccompCache", "runc_message", "runc_not_found"]
 
 # The runtimes Berth can drive, by the name Docker's --runtime uses.
 RUNTIMES = ("runc", "crun")
@@ -50,11 +50,11 @@ def runc_message(stderr: str) -> str:
         except ValueError:
             return text.replace('\\"', '"')
     text = (stderr or "").strip()
-    return _CRUN_NOT_FOUND_RE.sub(_runc_not_found, text)
+    return _CRUN_NOT_FOUND_RE.sub(lambda match: runc_not_found(match.group(1)), text)
 
 
-def _runc_not_found(match: re.Match) -> str:
-    name = match.group(1)
+def runc_not_found(name: str) -> str:
+    """runc's (and Docker's) words for a program ``name`` that is not in the container."""
     if "/" in name:
         return f'exec: "{name}": stat {name}: no such file or directory'
     return f'exec: "{name}": executable file not found in $PATH'
@@ -220,8 +220,8 @@ class SeccompCache:
     (``<root>/<id>/seccomp.bpf``, which ``crun exec`` loads), and takes an already compiled one,
     base64, in the ``run.oci.seccomp_bpf_data`` annotation instead of compiling ``linux.seccomp``
     (Podman's containers/common passes crun its cached filters the same way). A filter depends
-    only on the profile and on the libseccomp crun was built with: the key is the profile's JSON
-    and the crun binary's identity, so a new crun compiles afresh. ``<directory>`` lives in the
+    only on the profile and on the libseccomp crun loads: the key is the profile's JSON and the
+    identity of the crun binary and of that library, so a new crun or libseccomp compiles afresh. ``<directory>`` lives in the
     run root (gone at reboot, with the state it was copied from).
     """
 
