@@ -221,8 +221,8 @@ class SeccompCache:
     base64, in the ``run.oci.seccomp_bpf_data`` annotation instead of compiling ``linux.seccomp``
     (Podman's containers/common passes crun its cached filters the same way). A filter depends
     only on the profile and on the libseccomp crun loads: the key is the profile's JSON and the
-    identity of the crun binary and of that library, so a new crun or libseccomp compiles afresh. ``<directory>`` lives in the
-    run root (gone at reboot, with the state it was copied from).
+    identity of the crun binary and of that library, so a new crun or libseccomp compiles afresh.
+    ``<directory>`` lives in the run root (gone at reboot, with the state it was copied from).
     """
 
     ANNOTATION = "run.oci.seccomp_bpf_data"
