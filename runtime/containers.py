@@ -103,6 +103,8 @@ ZERO_TIME = "0001-01-01T00:00:00Z"
 # The exit code of a container whose real one was lost (its conmon died, or the host rebooted).
 LOST_EXIT_CODE = 255
 DEFAULT_STOP_TIMEOUT = 10
+# How long a removed container's exit code stays for a ``wait`` that saw it last before its exit.
+REMOVED_KEEP_S = 600
 # After SIGKILL a process dies at once unless it is stuck in the kernel (D state, a dead NFS...).
 KILL_TIMEOUT = 30.0
 NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
@@ -351,6 +353,10 @@ class ContainerStore:
 
     def _record_path(self, cid: str) -> str:
         return os.path.join(self.root, cid, "config.json")
+
+    def _removed_path(self, cid: str) -> str:
+        """The exit code a removed container left for waiters (see ``remove``)."""
+        return os.path.join(self.root, ".removed", cid)
 
     def _bundle(self, cid: str) -> str:
         return os.path.join(self.root, cid, "bundle")
@@ -1305,7 +1311,7 @@ class ContainerStore:
 
         ``condition``: "not-running" (returns at once for a container that does not run),
         "next-exit" (waits for the end of the next run, even if not started yet) or "removed"
-        (waits until the container is gone; the last exit code seen is returned).
+        (waits until the container is gone; its exit code as the removal left it, else the last seen).
         Raises TimeoutError after ``timeout`` seconds. Blocks on inotify (the exit file, the
         record), waking at least once a second to notice a monitor that died.
         """
@@ -1324,7 +1330,8 @@ class ContainerStore:
                 current = self._read(cid)
                 if current is None:
                     if condition == "removed":
-                        return last_code
+                        code = self._removed_exit_code(cid)
+                        return last_code if code is None else code
                     raise NotFound(f"No such container: {cid}")
                 current = self._synced(current)
                 last_code = current.exit_code
@@ -1373,6 +1380,7 @@ class ContainerStore:
                     raise EngineError(f"the rootfs of {record.id} is still mounted")
                 if volumes:
                     self._remove_anonymous_volumes(record)
+                self._leave_exit_code(record)
                 _rmtree(self._dir(record.id))
             except (EngineError, OSError) as exc:
                 record.state = S.DEAD
@@ -1381,6 +1389,27 @@ class ContainerStore:
                     self._write(record)
                 raise EngineError(f"could not remove container {record.id}: {exc}") from exc
         self._last_stats.pop(record.id, None)
+
+    def _leave_exit_code(self, record: ContainerRecord) -> None:
+        """Keep the exit code of a container about to go for ``wait(condition="removed")``, whose
+        last look may have been before the exit (``docker run --rm`` reports it). Kept
+        ``REMOVED_KEEP_S``; older ones go now."""
+        directory = os.path.dirname(self._removed_path(record.id))
+        with contextlib.suppress(OSError):
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+            cutoff = time.time() - REMOVED_KEEP_S
+            for entry in os.scandir(directory):
+                if entry.stat().st_mtime < cutoff:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.path)
+            replace_json(self._removed_path(record.id), {"exit_code": record.exit_code})
+
+    def _removed_exit_code(self, cid: str) -> int | None:
+        try:
+            with open(self._removed_path(cid), "rb") as f:
+                return int(json.load(f)["exit_code"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
 
     def _remove_anonymous_volumes(self, record: ContainerRecord) -> None:
         for mount in record.config.mounts:

@@ -685,3 +685,28 @@ def test_a_failed_exec_says_what_runc_says(store, ctr):
     # With a terminal, crun fails before conmon gets it, and conmon says nothing: Berth looks.
     with pytest.raises(CommandError, match='exec: "nope": executable file not found in \\$PATH'):
         store.exec(record.id, ["nope"], detach=True, tty=True)
+
+
+def test_a_wait_for_the_removal_reports_an_exit_it_did_not_see(store, ctr, monkeypatch):
+    """``docker run --rm`` waits with condition "removed": when the exit, the removal and all happen
+    between two of the waiter's looks (a busy host), the waiter's last look was at a running
+    container, and the code must still be the container's (5), not that look's (0)."""
+    import threading
+
+    import runtime.containers as containers_module
+
+    record = ctr("sh", "-c", "sleep 0.3; exit 5")
+    removed = threading.Event()
+    real_wait = containers_module.FileWatch.wait
+
+    def late_wait(self, *args, **kwargs):  # the waiter looks again only once the container is gone
+        removed.wait(20)
+        return real_wait(self, *args, **kwargs)
+
+    monkeypatch.setattr(containers_module.FileWatch, "wait", late_wait)
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(store.wait, record.id, 30, "removed")
+        wait_for(lambda: not store.get(record.id).running, timeout=10)
+        store.remove(record.id)
+        removed.set()
+        assert waiting.result(timeout=30) == 5
