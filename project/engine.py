@@ -16,6 +16,7 @@ def runtime_config() -> RuntimeConfig:
         insecure_registries=tuple(settings.INSECURE_REGISTRIES),
         seccomp_native_only=settings.SECCOMP_NATIVE_ONLY,
         default_runtime=settings.DEFAULT_RUNTIME,
+        cgroup_favor_dynmods=settings.CGROUP_FAVOR_DYNMODS,
         dns_upstreams=tuple(settings.DNS_UPSTREAMS),
     )
 

@@ -200,6 +200,8 @@ SECCOMP_NATIVE_ONLY = envbool("BERTH_SECCOMP_NATIVE_ONLY", "False")
 # The OCI runtime of containers created without --runtime: "auto" (crun when installed and usable
 # on this host, else runc), "runc" or "crun".
 DEFAULT_RUNTIME = os.getenv("BERTH_DEFAULT_RUNTIME", "auto")
+# The worker remounts the host's cgroup2 hierarchy with favordynmods at start (runtime/cgroups.py).
+CGROUP_FAVOR_DYNMODS = envbool("BERTH_CGROUP_FAVORDYNMODS", "True")
 # The embedded DNS of user-defined networks (runtime/network/dns.py), answered by the worker, and
 # where it relays other names ("ip" or "ip:port", comma-separated; default: the host's resolvers).
 EMBEDDED_DNS = envbool("BERTH_EMBEDDED_DNS", "True")

@@ -6,9 +6,11 @@ verbs; every verb is safe to call from several processes at once (the stores loc
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Callable
 
+from . import cgroups
 from .config import RuntimeConfig
 from .containers import ContainerConfig, ContainerRecord, ContainerStore
 from .digest import Digest
@@ -21,6 +23,8 @@ from .reference import parse_reference
 from .registry import RegistryClient, SearchResult
 from .store import Store
 from .transport import is_loopback_host, split_host_port
+
+logger = logging.getLogger(__name__)
 
 DOCKER_HUB = "docker.io"
 
@@ -52,6 +56,10 @@ class Engine:
             raise EngineError(f"unknown default OCI runtime {self.config.default_runtime!r} "
                               "(BERTH_DEFAULT_RUNTIME: auto, runc or crun)")
         self.containers.default_runtime()
+        # After default_runtime: on a v1 host it may have mounted the cgroup2 hierarchy this needs.
+        if self.config.cgroup_favor_dynmods and not cgroups.favor_dynmods():
+            logger.info("cgroup2's favordynmods is not available here (no cgroup2 mount, or Linux "
+                        "before 6.1): each container's create waits for an RCU grace period")
         cleanup = getattr(self.networks, "cleanup", None)
         if cleanup is not None:
             cleanup()
