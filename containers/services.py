@@ -208,6 +208,11 @@ def after_start(container_id: str) -> Container | None:
         with row_lock(container_id):
             record = engine.get(container_id)
             container = sync_container(record) if record.running else None
+        if container is None:
+            # Ended before its row said running: it did start ("start" before "die" in docker events).
+            realtime.publish_on_commit(realtime.EVENTS_GROUP, {
+                "type": "container.state", "id": record.id, "name": record.name, "state": "running",
+                "exit_code": None})
         if container is None or not engine.get(container_id).running:
             return handle_exit(container_id)
     except NotFound:
@@ -243,6 +248,9 @@ def handle_exit(container_id: str) -> Container | None:
             return None
         if _state_of(record) != ContainerStateChoices.EXITED or record.restarting:
             return sync_container(record)  # not ended, or ``docker restart`` starts it next
+        if record.config.auto_remove:
+            _remove_ended(record)
+            return None
         if not _claim_exit(record):
             return Container.objects.filter(container_id=container_id).first()
         container = sync_container(record)
@@ -253,6 +261,27 @@ def handle_exit(container_id: str) -> Container | None:
         _auto_remove(container_id)
         return None
     return container
+
+
+def _remove_ended(record) -> None:
+    """--rm, once its process ended: the container goes first (``docker run --rm`` waits for
+    that), then its row, with the "die" and "destroy" events. No claim of the exit is needed:
+    whoever else saw it end finds the container gone (the removal is the engine's, under its lock).
+    A removal that fails leaves the container DEAD, and its row says so."""
+    engine = engine_containers()
+    try:
+        engine.remove(record.id, force=True, volumes=True)
+    except NotFound:
+        return  # removed by the other one who saw it end, who drops the row
+    except EngineError:
+        with contextlib.suppress(NotFound):
+            sync_container(engine.get(record.id))
+        raise
+    container = Container.objects.filter(container_id=record.id).first()
+    if container is not None:
+        realtime.publish_on_commit(realtime.EVENTS_GROUP, {**state_event(container), "state": "exited",
+                                                           "exit_code": record.exit_code})
+    forget_container(record.id)
 
 
 def _claim_exit(record) -> bool:
@@ -280,13 +309,16 @@ def do_restart_by_policy(container_id: str, finished_at: str | None = None) -> N
 # Changes, run in the worker (do_*), asked for by views and the API (the functions without do_)
 #
 
-def do_create(config: dict, user_id: int | None = None, start: bool = False) -> str:
+def do_create(config: dict, user_id: int | None = None, start: bool = False) -> dict:
+    """The new container's id, and the id of the task of its early init (``_init_ahead``) if one
+    was queued."""
     from runtime.containers import ContainerConfig
 
     engine = engine_containers()
     record = engine.create(ContainerConfig.from_json(config))
+    init_task = None
     if not start and record.config.auto_remove:
-        _init_ahead(record.id)  # first: the row below can be written while it runs
+        init_task = _init_ahead(record.id)  # first: the row below can be written while it runs
     with row_lock(record.id):  # the early init writes the row too: the later state wins
         container = sync_container(engine.get(record.id) if not start and record.config.auto_remove else record)
         if user_id:
@@ -299,10 +331,10 @@ def do_create(config: dict, user_id: int | None = None, start: bool = False) -> 
             _remove_after_failed_start(record.id)
             raise
         after_start(record.id)
-    return record.id
+    return {"id": record.id, "init_task": init_task}
 
 
-def _init_ahead(container_id: str) -> None:
+def _init_ahead(container_id: str) -> str | None:
     """Queue the ``runc create`` of a container that is about to start (``docker run --rm``).
 
     The CLI's attach, wait and start requests then overlap the slowest step of the run: the
@@ -311,16 +343,42 @@ def _init_ahead(container_id: str) -> None:
     ``runc start``. A failed init here changes nothing the client sees: the state stays as it
     was, and the attach or the start tries again and reports the error. ``docker create --rm``
     that is never started holds a conmon until it is removed, as an attached-but-unstarted
-    container does.
+    container does. Returns the task's id (None when none was queued).
     """
     from . import tasks
 
     if settings.CELERY_TASK_ALWAYS_EAGER:
-        return  # no worker to overlap with: the start creates it
+        return None  # no worker to overlap with: the start creates it
     try:
-        nodes.send(tasks.hijack, "init", container_id)
+        return nodes.send(tasks.hijack, "init", container_id)
     except Exception:  # an optimisation: the start creates it anyway
         logger.warning("could not queue the early init of %s", container_id[:12], exc_info=True)
+        return None
+
+
+# The early inits of the containers this process created, by container id: (task id, when). The
+# CLI's attach comes while the init still runs (the row says "configured"): it waits for that task
+# rather than queueing a second init, which would hold a worker process while it waits for the
+# first one's lock (the CLI's start then waited for a free worker process).
+_EARLY_INITS: dict[str, tuple[str, float]] = {}
+EARLY_INIT_KEEP_S = 60.0
+
+
+def _remember_early_init(container_id: str, task_id: str | None) -> None:
+    now = time.monotonic()
+    for cid in [c for c, (_, when) in _EARLY_INITS.items() if now - when > EARLY_INIT_KEEP_S]:
+        _EARLY_INITS.pop(cid, None)
+    if task_id:
+        _EARLY_INITS[container_id] = (task_id, now)
+
+
+def early_init_task(container_id: str) -> str | None:
+    """The id of the early init task queued for ``container_id`` by a create in this process (its
+    answer says when the container exists in the OCI runtime), if it is recent."""
+    entry = _EARLY_INITS.get(container_id)
+    if entry is None or time.monotonic() - entry[1] > EARLY_INIT_KEEP_S:
+        return None
+    return entry[0]
 
 
 def create_container(config: dict, *, start: bool = False, user=None, request=None) -> Container:
@@ -328,8 +386,9 @@ def create_container(config: dict, *, start: bool = False, user=None, request=No
     from . import tasks
 
     user_id = user.pk if user is not None and user.is_authenticated else None
-    container_id = nodes.call(tasks.create_container, config, user_id, start)
-    container = Container.objects.get(container_id=container_id)
+    answer = nodes.call(tasks.create_container, config, user_id, start)
+    _remember_early_init(answer["id"], answer.get("init_task"))
+    container = Container.objects.get(container_id=answer["id"])
     audit.record(request, "container.run" if start else "container.create", container, image=config.get("image"))
     return container
 

@@ -16,6 +16,7 @@ import threading
 
 from django.db import close_old_connections
 
+from runtime.containers import ContainerState
 from runtime.monitor import IN_CLOSE_WRITE, IN_CREATE, IN_MOVED_TO, FileWatch
 
 logger = logging.getLogger(__name__)
@@ -32,15 +33,21 @@ class ExitWatcher(threading.Thread):
         self.stopping = threading.Event()
         self._watch: FileWatch | None = None
         self._watched: frozenset[str] = frozenset()
+        self._exit_dirs: dict[str, str] = {}  # a watched exits directory -> its container's id
 
     def run(self) -> None:
         from . import services
 
+        changed: set[str] = set()
         try:
             while not self.stopping.is_set():
                 timeout = INTERVAL
                 try:
                     engine = services.engine_containers()
+                    # The containers whose exit file was just written first, without reading the
+                    # models (docker run --rm waits for what handle_exit does next).
+                    for cid in sorted(self._exit_dirs[d] for d in changed if d in self._exit_dirs):
+                        self._look(services, engine, cid)
                     # Watched before the models are read: an exit from now on wakes the next wait.
                     if not self._rewatch(engine):
                         timeout = RETRY
@@ -48,8 +55,9 @@ class ExitWatcher(threading.Thread):
                 except Exception:
                     logger.exception("exit watcher pass failed")
                 if self._watch is not None:
-                    self._watch.wait(timeout)
+                    changed = self._watch.changed(timeout)
                 else:
+                    changed = set()
                     self.stopping.wait(timeout)
         finally:
             if self._watch is not None:
@@ -68,7 +76,20 @@ class ExitWatcher(threading.Thread):
         if self._watch is not None:
             self._watch.close()
         self._watch, self._watched = watch, ready
+        self._exit_dirs = {exit_dirs[cid]: cid for cid in ready}
         return ready == ids
+
+    @staticmethod
+    def _look(services, engine, container_id: str) -> None:
+        """One container whose exits directory changed: hand its exit to ``handle_exit`` (which
+        acts once per exit, whoever else saw it)."""
+        try:
+            record = engine.get(container_id)
+        except Exception:
+            return  # gone (removed meanwhile): the pass drops its row
+        if record.state is ContainerState.EXITED:
+            close_old_connections()
+            services.handle_exit(container_id)
 
     def _pass(self, services, engine) -> None:
         close_old_connections()

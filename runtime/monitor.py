@@ -38,6 +38,7 @@ import os
 import select
 import shutil
 import socket
+import struct
 import subprocess
 import time
 from dataclasses import dataclass
@@ -435,6 +436,9 @@ _libc.inotify_init1.argtypes = (ctypes.c_int,)
 _libc.inotify_add_watch.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32)
 
 
+_EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len (then the name)
+
+
 class FileWatch:
     """inotify on a few directories or files: ``wait(timeout)`` returns when one of them changes.
 
@@ -449,30 +453,49 @@ class FileWatch:
         if self.fd < 0:
             err = ctypes.get_errno()
             raise OSError(err, os.strerror(err))
+        self._paths: dict[int, str] = {}  # watch descriptor -> path
         for item in paths:
             path, path_mask = item if isinstance(item, tuple) else (item, mask)
-            if _libc.inotify_add_watch(self.fd, os.fsencode(path), path_mask) < 0:
+            wd = _libc.inotify_add_watch(self.fd, os.fsencode(path), path_mask)
+            if wd < 0:
                 err = ctypes.get_errno()
                 if err != errno.ENOENT:
                     os.close(self.fd)
                     raise OSError(err, os.strerror(err), path)
+            else:
+                self._paths[wd] = path
 
     def wait(self, timeout: float | None, extra_fds: Iterable[int] = ()) -> bool:
         """Block until an event (True) or ``timeout`` seconds (False). Drains pending events."""
+        return self._poll(timeout, extra_fds) is not None
+
+    def changed(self, timeout: float | None) -> set[str]:
+        """Block until an event or ``timeout`` seconds; the watched paths that had one (empty after
+        the timeout). Drains pending events."""
+        return self._poll(timeout, ()) or set()
+
+    def _poll(self, timeout: float | None, extra_fds: Iterable[int]) -> set[str] | None:
         poller = select.poll()
         poller.register(self.fd, select.POLLIN)
         for fd in extra_fds:
             poller.register(fd, select.POLLIN)
         ready = poller.poll(None if timeout is None else max(0, int(timeout * 1000)))
-        self._drain()
-        return bool(ready)
+        changed = self._drain()
+        return changed if ready else None
 
-    def _drain(self) -> None:
+    def _drain(self) -> set[str]:
+        changed = set()
         try:
-            while os.read(self.fd, 65536):
-                pass
+            while data := os.read(self.fd, 65536):
+                offset = 0
+                while offset + _EVENT.size <= len(data):
+                    wd, _, _, length = _EVENT.unpack_from(data, offset)
+                    offset += _EVENT.size + length
+                    if wd in self._paths:
+                        changed.add(self._paths[wd])
         except BlockingIOError:
             pass
+        return changed
 
     def close(self) -> None:
         if self.fd >= 0:

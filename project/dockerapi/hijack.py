@@ -129,7 +129,9 @@ def _attach(request, name: str, query: QueryDict):
         # Attached before start (docker run, start -ai): the worker creates it in runc now, so its
         # attach socket exists before it starts and no output is lost. The front answers 101 at
         # once, waits for this (init_wait), connects, and holds the client's start until then.
-        init_task = nodes.send(tasks.hijack, "init", record.id)
+        # A never-run container's early init (docker run --rm) may be running: wait for its answer.
+        init_task = (services.early_init_task(record.id) if state == "configured" else None) or nodes.send(
+            tasks.hijack, "init", record.id)
     stdin = query.get("stdin", "").lower() in ("1", "true", "yes") and bool(record.config.open_stdin)
     audit.record(request, "container.attach", services.get_container(record.id), stdin=stdin)
     return json_response({"kind": "attach", "container_id": record.id, "socket": store().attach_socket_path(record.id),
