@@ -42,6 +42,7 @@ import fcntl
 import functools
 import hashlib
 import json
+import logging
 import os
 import re
 import secrets
@@ -67,7 +68,9 @@ from runtime.layers import LayerStore
 from runtime.monitor import (
     IN_CLOSE_WRITE,
     IN_CREATE,
+    IN_DELETE_SELF,
     IN_MODIFY,
+    IN_MOVE_SELF,
     IN_MOVED_TO,
     Conmon,
     FileWatch,
@@ -87,6 +90,8 @@ from runtime.rootfs import is_mounted, mount_rootfs, unmount_rootfs
 from runtime.state import ACTIVE_STATES, ContainerState, check_state
 from runtime.volumes import ANONYMOUS_LABEL, VolumeStore
 from runtime.volumes import validate_name as validate_volume_name
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "ContainerConfig",
@@ -888,6 +893,7 @@ class ContainerStore:
                         oci.delete(cid, force=True)
                     self.conmon.remove_socket_link(self._cuuid(cid))
                     cgroups.remove_dirs(self._cgroup_path(cid), parents=False)
+        self._delete_aside()  # what removals that crashed half-way moved aside
         records.sort(key=_created_ns, reverse=True)
         return records
 
@@ -1324,7 +1330,9 @@ class ContainerStore:
         last_code = record.exit_code
         directory = self._dir(cid)
         # Record updates are renames into the directory, exit files are written and closed.
-        watched = [directory, os.path.dirname(self._exit_file(cid))]
+        # The directory's own move or deletion: its removal (remove() moves it aside first).
+        watched = [(directory, IN_MOVED_TO | IN_CLOSE_WRITE | IN_MOVE_SELF | IN_DELETE_SELF),
+                   os.path.dirname(self._exit_file(cid))]
         with FileWatch(watched, IN_MOVED_TO | IN_CLOSE_WRITE) as watch:
             while True:
                 current = self._read(cid)
@@ -1355,7 +1363,8 @@ class ContainerStore:
 
         1. REMOVING is written first, so a crash half-way leaves a record a forced remove retries.
         2. ``runc delete --force``, unmount, network release, the socket symlinks (the
-           container's and its exec sessions'), the cgroup dirs, then the container's directory.
+           container's and its exec sessions'), the cgroup dirs, then the container's directory:
+           moved aside (the container is gone then, and its waiters are answered), then deleted.
         A step that fails leaves the container DEAD with the error, and raises.
         """
         record = self._lookup(id_or_name)
@@ -1381,7 +1390,7 @@ class ContainerStore:
                 if volumes:
                     self._remove_anonymous_volumes(record)
                 self._leave_exit_code(record)
-                _rmtree(self._dir(record.id))
+                gone = self._set_aside(record.id)
             except (EngineError, OSError) as exc:
                 record.state = S.DEAD
                 record.error = f"removal failed: {exc}"
@@ -1389,6 +1398,29 @@ class ContainerStore:
                     self._write(record)
                 raise EngineError(f"could not remove container {record.id}: {exc}") from exc
         self._last_stats.pop(record.id, None)
+        self._delete_aside(gone)
+
+    def _set_aside(self, cid: str) -> str:
+        """Move a container's directory out of the store (``<root>/.removing/<id>``): the
+        container is gone for every reader at once, and a waiter (``wait``, condition "removed":
+        ``docker run --rm``) wakes on the move, without waiting for the files to be deleted."""
+        aside = os.path.join(self.root, ".removing", cid)
+        os.makedirs(os.path.dirname(aside), mode=0o700, exist_ok=True)
+        if os.path.lexists(aside):  # left by a removal that crashed half-way
+            _rmtree(aside)
+        os.rename(self._dir(cid), aside)
+        return aside
+
+    def _delete_aside(self, *paths: str) -> None:
+        """Delete what ``_set_aside`` moved (or, with no path, whatever a crash left there)."""
+        if not paths:
+            base = os.path.join(self.root, ".removing")
+            paths = tuple(os.path.join(base, n) for n in (os.listdir(base) if os.path.isdir(base) else ()))
+        for path in paths:
+            try:
+                _rmtree(path)
+            except OSError as exc:  # the container is gone already; the next reconcile tries again
+                logger.warning("could not delete %s: %s", path, exc)
 
     def _leave_exit_code(self, record: ContainerRecord) -> None:
         """Keep the exit code of a container about to go for ``wait(condition="removed")``, whose

@@ -710,3 +710,41 @@ def test_a_wait_for_the_removal_reports_an_exit_it_did_not_see(store, ctr, monke
         store.remove(record.id)
         removed.set()
         assert waiting.result(timeout=30) == 5
+
+
+def test_the_removal_answers_its_waiter_before_the_files_are_deleted(store, ctr, monkeypatch):
+    """``docker run --rm`` gets its exit code once the container is gone from the store: its
+    directory is moved aside, and deleted after (a crash in between leaves it to reconcile)."""
+    import threading
+
+    record = ctr("sh", "-c", "exit 6")
+    wait_for(lambda: not store.get(record.id).running, timeout=10)
+    answered = threading.Event()
+    real_delete = store._delete_aside
+
+    def delete_once_answered(*paths):
+        assert answered.wait(20), "the waiter was answered only after the files were deleted"
+        real_delete(*paths)
+
+    monkeypatch.setattr(store, "_delete_aside", delete_once_answered)
+    import runtime.containers as containers_module
+
+    real_wait = containers_module.FileWatch.wait
+    # Only an event wakes the waiter (not its once-a-second look): the move must make one.
+    monkeypatch.setattr(containers_module.FileWatch, "wait", lambda self, timeout, *a: real_wait(self, 15, *a))
+    with ThreadPoolExecutor(2) as pool:
+        waiting = pool.submit(store.wait, record.id, 30, "removed")
+        time.sleep(0.2)  # the waiter watches the container's directory
+        removing = pool.submit(store.remove, record.id)
+        try:
+            assert waiting.result(timeout=12) == 6
+        finally:
+            answered.set()
+        removing.result(timeout=30)
+    aside = os.path.join(store.root, ".removing")
+    assert os.listdir(aside) == []
+    assert record.id not in store._ids()
+
+    os.makedirs(os.path.join(aside, "left-by-a-crash", "upper", "etc"))
+    store.reconcile()
+    assert os.listdir(aside) == []
