@@ -1341,7 +1341,10 @@ class ContainerStore:
                         code = self._removed_exit_code(cid)
                         return last_code if code is None else code
                     raise NotFound(f"No such container: {cid}")
-                current = self._synced(current)
+                if condition != "removed":
+                    # A waiter for the removal only watches: syncing the exit here (unmount,
+                    # cgroups) would race the worker, which removes the container right after.
+                    current = self._synced(current)
                 last_code = current.exit_code
                 if current.state not in (S.CREATED, *ACTIVE_STATES):
                     if condition == "not-running":
