@@ -297,18 +297,29 @@ async def open_attach(path: str):
 
 
 ATTACH_POLL = 0.002
+# An early attach asks for the worker's answer (init-wait) only when the socket is not there this
+# soon: the create takes ~10 ms, and the question costs Daphne a request on the path of docker run.
+INIT_WAIT_AFTER = 0.05
 
 
-async def connect_when_there(path: str, waiting: asyncio.Task):
-    """Connect to an attach socket as soon as it answers, or None once ``waiting`` is done first.
+async def connect_when_there(path: str, waiting: asyncio.Task | None, within: float | None = None):
+    """Connect to an attach socket as soon as it answers, or None once ``waiting`` is done first
+    (or ``within`` seconds have passed).
 
     conmon binds the socket while the worker's create is still finishing; a stale socket file of
     an earlier run refuses connections until then, and a missing one is simply not there yet."""
-    while not waiting.done():
+    loop = asyncio.get_running_loop()
+    deadline = None if within is None else loop.time() + within
+    while waiting is None or not waiting.done():
         try:
             return await open_attach(path)
         except OSError:
-            await asyncio.wait({waiting}, timeout=ATTACH_POLL)
+            if deadline is not None and loop.time() >= deadline:
+                return None
+            if waiting is None:
+                await asyncio.sleep(ATTACH_POLL)
+            else:
+                await asyncio.wait({waiting}, timeout=ATTACH_POLL)
     return None
 
 
@@ -573,7 +584,8 @@ class Hijack:
         create overlaps the client's next requests, and no output is lost.
 
         The socket is connected as soon as conmon serves it, without waiting for the worker's
-        answer to travel back (init-wait); that answer still decides when the socket never comes."""
+        answer to travel back (init-wait): that answer is asked for only when the socket is not
+        there within ``INIT_WAIT_AFTER``, and decides when it never comes."""
         front = self.conn.front
         ref = ATTACH_RE.match(self.head.path)[1]
         refs = {ref, plan["container_id"]} | ({plan["name"]} if plan.get("name") else set())
@@ -581,8 +593,11 @@ class Hijack:
         waiting = None
         try:
             await self.upgrade()
-            waiting = spawn(front.internal(INIT_WAIT_PATH, self.head, {"task": plan["init_task"]}, self.conn.peer))
-            attach = await connect_when_there(plan["socket"], waiting) if plan.get("fresh") else None
+            attach = await connect_when_there(plan["socket"], None, INIT_WAIT_AFTER) if plan.get("fresh") else None
+            if attach is None:
+                waiting = spawn(front.internal(INIT_WAIT_PATH, self.head, {"task": plan["init_task"]},
+                                               self.conn.peer))
+                attach = await connect_when_there(plan["socket"], waiting) if plan.get("fresh") else None
             if attach is None:
                 await asyncio.wait({waiting})
                 if not await self.init_succeeded(plan, waiting):
