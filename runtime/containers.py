@@ -516,7 +516,7 @@ class ContainerStore:
             if record is not None:
                 return record
         name = key.lstrip("/")
-        records = [r for r in (self._read(i) for i in self._ids()) if r is not None]
+        records = [r for r in (self._read_listed(i) for i in self._ids()) if r is not None]
         for record in records:
             if record.name == name:
                 return record
@@ -604,7 +604,8 @@ class ContainerStore:
         # The volumes lock keeps a concurrent ``volume rm``/``prune`` from removing a volume
         # between its creation here and the record that makes it "in use" (runtime.volumes).
         with self.volumes.locked() if volumes else contextlib.nullcontext(), self._names_locked():
-            records = [r for r in (self._read(i) for i in self._ids()) if r is not None]
+            # The names of every other container: list()'s parsed records (a stat each) when unchanged.
+            records = [r for r in (self._read_listed(i, shared=True) for i in self._ids()) if r is not None]
             taken = {r.name: r.id for r in records}
             if name and name in taken:
                 raise AlreadyExists(

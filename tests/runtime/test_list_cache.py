@@ -121,3 +121,19 @@ def test_summaries_are_the_summaries_one_by_one(store, ctr):
     for b, s in zip(batch, single):
         b.pop("Status"), s.pop("Status")
     assert batch == single
+
+
+def test_names_are_checked_against_remembered_records(remember_all, ctr):
+    """create's name check and a lookup by name read list()'s remembered records: a rename
+    shows at once, in both."""
+    from runtime.errors import AlreadyExists
+
+    store = remember_all
+    first = ctr("true", start=False, name="lc-first")
+    store.list(all=True)  # remembered now
+    with pytest.raises(AlreadyExists, match='"/lc-first" is already in use'):
+        ctr("true", start=False, name="lc-first")
+    store.rename(first.id, "lc-renamed")
+    assert store.get("lc-renamed").id == first.id
+    second = ctr("true", start=False, name="lc-first")  # the old name is free again
+    assert store.get("lc-first").id == second.id
