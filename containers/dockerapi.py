@@ -47,7 +47,7 @@ def container_create(request):
     """``POST /containers/create?name=``: 201 {"Id", "Warnings"}; 404 "No such image" lets the CLI pull."""
     require_perm(request, "containers.add_container")
     config = runoptions.from_docker(json_body(request), request.GET.get("name", ""))
-    container = services.create_container(config, user=request.user, request=request)
+    container = services.create_container(config, user=request.user, request=request, read=False)
     return json_response({"Id": container.container_id, "Warnings": []}, status=201)
 
 

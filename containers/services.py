@@ -68,8 +68,9 @@ def _state_of(record) -> str:
 
 
 @transaction.atomic
-def sync_container(record) -> Container:
-    """Create or update the row of one container from the engine's record; publish its state."""
+def sync_container(record, *, user_id: int | None = None) -> Container:
+    """Create or update the row of one container from the engine's record; publish its state.
+    ``user_id``: its owner too (the create's)."""
     from images.models import Image
 
     state = _state_of(record)
@@ -81,6 +82,8 @@ def sync_container(record) -> Container:
         stopped_by_user=record.manually_stopped, restart_count=record.restart_count,
         started_at=_time(record.started_at), finished_at=_time(record.finished_at),
     )
+    if user_id is not None:
+        fields["user_id"] = user_id
     container, created = Container.objects.get_or_create(container_id=record.id, defaults=fields)
     changed = created or container.state != state or container.exit_code != record.exit_code
     if not created:
@@ -320,9 +323,8 @@ def do_create(config: dict, user_id: int | None = None, start: bool = False) -> 
     if not start and record.config.auto_remove:
         init_task = _init_ahead(record.id)  # first: the row below can be written while it runs
     with row_lock(record.id):  # the early init writes the row too: the later state wins
-        container = sync_container(engine.get(record.id) if not start and record.config.auto_remove else record)
-        if user_id:
-            Container.objects.filter(pk=container.pk).update(user_id=user_id)
+        container = sync_container(engine.get(record.id) if not start and record.config.auto_remove else record,
+                                   user_id=user_id or None)
     if start:
         try:
             engine.start(record.id)
@@ -331,7 +333,7 @@ def do_create(config: dict, user_id: int | None = None, start: bool = False) -> 
             _remove_after_failed_start(record.id)
             raise
         after_start(record.id)
-    return {"id": record.id, "init_task": init_task}
+    return {"id": record.id, "pk": container.pk, "name": container.name, "init_task": init_task}
 
 
 def _init_ahead(container_id: str) -> str | None:
@@ -381,14 +383,18 @@ def early_init_task(container_id: str) -> str | None:
     return entry[0]
 
 
-def create_container(config: dict, *, start: bool = False, user=None, request=None) -> Container:
-    """``docker create`` (or ``docker run -d`` with start): returns the new container's row."""
+def create_container(config: dict, *, start: bool = False, user=None, request=None, read: bool = True) -> Container:
+    """``docker create`` (or ``docker run -d`` with start): returns the new container's row; with
+    ``read=False`` only a reference to it (its pk, id and name, not read back: the Docker API needs
+    no more, on the path of docker run)."""
     from . import tasks
 
     user_id = user.pk if user is not None and user.is_authenticated else None
     answer = nodes.call(tasks.create_container, config, user_id, start)
     _remember_early_init(answer["id"], answer.get("init_task"))
-    container = Container.objects.get(container_id=answer["id"])
+    container = Container.objects.filter(container_id=answer["id"]).first() if read else None
+    if container is None:  # not read, or gone already (run -d --rm of a program that ended)
+        container = Container(pk=answer["pk"], container_id=answer["id"], name=answer["name"])
     audit.record(request, "container.run" if start else "container.create", container, image=config.get("image"))
     return container
 

@@ -89,3 +89,24 @@ def test_a_restart_cut_short_by_a_worker_crash_ends_like_a_stop(db, engine):
     with pytest.raises(NotFound):
         engine.containers.get(cid)
     assert not Container.objects.filter(container_id=cid).exists()
+
+
+def test_create_records_the_owner_and_audits_the_new_row(db, engine, django_user_model, settings):
+    """The Docker API's create (``read=False``: the row is not read back) still gives the row its
+    owner, and the audit log names that row."""
+    from django.test import RequestFactory
+
+    settings.CELERY_TASK_ALWAYS_EAGER = True  # the worker's side runs here
+
+    from project.models import AuditEvent
+
+    user = django_user_model.objects.create_user("owner", password="x")
+    request = RequestFactory().post("/v1.41/containers/create")
+    request.user = user
+    config = {"image": "busybox", "cmd": ["true"], "name": "owned"}
+    container = services.create_container(config, user=user, request=request, read=False)
+    row = Container.objects.get(container_id=container.container_id)
+    assert (container.pk, container.name) == (row.pk, "owned")
+    assert row.user == user and row.state == "configured"
+    event = AuditEvent.objects.get(action="container.create")
+    assert (event.user, event.object_type, event.object_id) == (user, "container", str(row.pk))
