@@ -30,16 +30,19 @@ Nothing here knows about container states: runtime.containers decides.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
 import json
 import os
+import queue
 import select
 import shutil
 import socket
 import struct
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from typing import Iterable
@@ -440,6 +443,35 @@ _libc.inotify_add_watch.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_uint
 
 _EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len (then the name)
 
+# Descriptors FileWatch.close() leaves to the closing thread of this process (see there).
+_closing: "queue.SimpleQueue[int] | None" = None
+_closing_lock = threading.Lock()
+
+
+def _close_later(fd: int) -> None:
+    global _closing
+    with _closing_lock:
+        if _closing is None:
+            _closing = queue.SimpleQueue()
+            threading.Thread(target=_closer, args=(_closing,), name="berth-inotify-close", daemon=True).start()
+        _closing.put(fd)
+
+
+def _closer(fds: "queue.SimpleQueue[int]") -> None:
+    while True:
+        fd = fds.get()
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def _after_fork_in_child() -> None:
+    # The closing thread is not in the child (a Celery pool process): it starts its own.
+    global _closing, _closing_lock
+    _closing, _closing_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
 
 class FileWatch:
     """inotify on a few directories or files: ``wait(timeout)`` returns when one of them changes.
@@ -500,8 +532,12 @@ class FileWatch:
         return changed
 
     def close(self) -> None:
+        """Give the inotify descriptor to a thread that closes it: closing one waits for the
+        kernel's fsnotify SRCU grace period whenever a watch went lately (5 to 20 ms here, every
+        so often), and the caller (a waiter about to answer docker run --rm, the stop that waited
+        for an exit) has better things to do."""
         if self.fd >= 0:
-            os.close(self.fd)
+            _close_later(self.fd)
             self.fd = -1
 
     def __enter__(self) -> "FileWatch":

@@ -33,3 +33,37 @@ def test_a_missing_path_is_skipped(tmp_path):
         (tmp_path / "exit").write_text("0")
         assert watch.changed(1.0) == {str(tmp_path)}
         assert watch.wait(0.01) is False
+
+
+def _closed_soon(fd: int) -> bool:
+    import os
+    import time
+
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if not os.path.exists(f"/proc/self/fd/{fd}"):
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_close_leaves_the_descriptor_to_a_thread_that_closes_it(tmp_path):
+    """Closing an inotify descriptor can wait for a kernel grace period: close() hands it to a
+    thread, which closes it (in a forked child too: a Celery pool process has no such thread)."""
+    import os
+
+    watch = FileWatch([str(tmp_path)])
+    fd = watch.fd
+    watch.close()
+    assert watch.fd == -1 and _closed_soon(fd)
+
+    watch = FileWatch([str(tmp_path)])  # the parent's thread exists now; the child has none
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        child = FileWatch([str(tmp_path)])
+        child_fd = child.fd
+        child.close()
+        os._exit(0 if _closed_soon(child_fd) else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    watch.close()
