@@ -211,17 +211,32 @@ def after_start(container_id: str) -> Container | None:
         with row_lock(container_id):
             record = engine.get(container_id)
             container = sync_container(record) if record.running else None
-        if container is None:
-            # Ended before its row said running: it did start ("start" before "die" in docker events).
-            realtime.publish_on_commit(realtime.EVENTS_GROUP, {
-                "type": "container.state", "id": record.id, "name": record.name, "state": "running",
-                "exit_code": None})
         if container is None or not engine.get(container_id).running:
             return handle_exit(container_id)
     except NotFound:
         forget_container(container_id)
         return None
     return container
+
+
+def _after_start_soon(container_id: str) -> None:
+    """``after_start`` in a task of its own, so that the start's answer waits neither for the row
+    nor for the exit of a process that ended at once: ``docker run --rm busybox true`` had its 204
+    only after the container's removal, and the CLI waits for that answer before its exit code.
+    Run here if it cannot be queued (and with no worker to run it: eager tasks)."""
+    from . import tasks
+
+    if not settings.CELERY_TASK_ALWAYS_EAGER:
+        try:
+            nodes.send(tasks.after_start, container_id)
+            return
+        except Exception:
+            logger.warning("could not queue the row update of %s's start", container_id[:12], exc_info=True)
+    after_start(container_id)
+
+
+def do_after_start(container_id: str) -> None:
+    after_start(container_id)
 
 
 RESTART_BACKOFF_FIRST = 0.1
@@ -251,11 +266,17 @@ def handle_exit(container_id: str) -> Container | None:
             return None
         if _state_of(record) != ContainerStateChoices.EXITED or record.restarting:
             return sync_container(record)  # not ended, or ``docker restart`` starts it next
+        # A run that ended before its row said so (after_start runs in a task of its own): its
+        # "start" goes out before its "die" (docker events), by whoever acts on the exit.
+        row = Container.objects.filter(container_id=container_id).only("state", "started_at").first()
+        unrecorded = row is not None and row.started_at != _time(record.started_at)
         if record.config.auto_remove:
-            _remove_ended(record)
+            _remove_ended(record, started=unrecorded)
             return None
         if not _claim_exit(record):
             return Container.objects.filter(container_id=container_id).first()
+        if unrecorded:
+            _publish_started(record)
         container = sync_container(record)
     if should_restart(container):
         tasks.restart_by_policy.apply_async((container_id, record.finished_at), countdown=restart_delay(container.restart_count),
@@ -266,7 +287,12 @@ def handle_exit(container_id: str) -> Container | None:
     return container
 
 
-def _remove_ended(record) -> None:
+def _publish_started(record) -> None:
+    realtime.publish_on_commit(realtime.EVENTS_GROUP, {"type": "container.state", "id": record.id,
+                                                       "name": record.name, "state": "running", "exit_code": None})
+
+
+def _remove_ended(record, *, started: bool = False) -> None:
     """--rm, once its process ended: the container goes first (``docker run --rm`` waits for
     that), then its row, with the "die" and "destroy" events. No claim of the exit is needed:
     whoever else saw it end finds the container gone (the removal is the engine's, under its lock).
@@ -282,6 +308,8 @@ def _remove_ended(record) -> None:
         raise
     container = Container.objects.filter(container_id=record.id).first()
     if container is not None:
+        if started:
+            _publish_started(record)
         realtime.publish_on_commit(realtime.EVENTS_GROUP, {**state_event(container), "state": "exited",
                                                            "exit_code": record.exit_code})
     forget_container(record.id)
@@ -413,7 +441,7 @@ def do_action(container_id: str, action: str, **kwargs):
             _remove_after_failed_start(container_id)
         raise
     if action in ("start", "restart", "unpause"):
-        after_start(container_id)
+        _after_start_soon(container_id)
         return None
     try:
         with row_lock(container_id):
