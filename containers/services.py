@@ -15,8 +15,10 @@ import logging
 import os
 import secrets
 import tarfile
+import threading
 import time
 
+from django import db
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
@@ -220,23 +222,25 @@ def after_start(container_id: str) -> Container | None:
 
 
 def _after_start_soon(container_id: str) -> None:
-    """``after_start`` in a task of its own, so that the start's answer waits neither for the row
-    nor for the exit of a process that ended at once: ``docker run --rm busybox true`` had its 204
-    only after the container's removal, and the CLI waits for that answer before its exit code.
-    Run here if it cannot be queued (and with no worker to run it: eager tasks)."""
-    from . import tasks
-
-    if not settings.CELERY_TASK_ALWAYS_EAGER:
-        try:
-            nodes.send(tasks.after_start, container_id)
-            return
-        except Exception:
-            logger.warning("could not queue the row update of %s's start", container_id[:12], exc_info=True)
-    after_start(container_id)
+    """``after_start`` in a thread of this worker process, so that the start's answer waits neither
+    for the row nor for the exit of a process that ended at once: ``docker run --rm busybox true``
+    had its 204 only after the container's removal, and the CLI waits for that answer before its
+    exit code. (A task of its own cost the worker ~3 ms of CPU more, on the same path.) With eager
+    tasks (no worker), run here."""
+    if settings.CELERY_TASK_ALWAYS_EAGER:
+        after_start(container_id)
+        return
+    threading.Thread(target=_after_start_thread, args=(container_id,), name=f"after-start-{container_id[:12]}",
+                     daemon=True).start()
 
 
-def do_after_start(container_id: str) -> None:
-    after_start(container_id)
+def _after_start_thread(container_id: str) -> None:
+    try:
+        after_start(container_id)
+    except Exception:
+        logger.exception("recording the start of %s failed", container_id[:12])
+    finally:
+        db.connections.close_all()  # this thread's own
 
 
 RESTART_BACKOFF_FIRST = 0.1

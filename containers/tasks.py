@@ -18,11 +18,6 @@ def container_action(container_id: str, action: str, kwargs: dict) -> dict:
 
 
 @shared_task
-def after_start(container_id: str) -> dict:
-    return nodes.wrap_result(services.do_after_start, container_id)
-
-
-@shared_task
 def reconcile_containers() -> dict:
     return services.reconcile_containers()
 
