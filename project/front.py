@@ -296,7 +296,7 @@ async def open_attach(path: str):
     return RuntimeAttach(await runtime_attach.open_attach(path), runtime_attach.STDERR)
 
 
-ATTACH_POLL = 0.002
+ATTACH_POLL = 0.0005
 # An early attach asks for the worker's answer (init-wait) only when the socket is not there this
 # soon: the create takes ~10 ms, and the question costs Daphne a request on the path of docker run.
 INIT_WAIT_AFTER = 0.05
