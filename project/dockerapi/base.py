@@ -9,6 +9,7 @@ from django.http import HttpResponse, JsonResponse
 from runtime import errors
 from runtime.info import API_VERSION, MIN_API_VERSION
 
+from .. import audit
 from ..auth import api_error
 
 logger = logging.getLogger(__name__)
@@ -77,12 +78,17 @@ def docker_endpoint(*methods: str):
             request.api_version = version or API_VERSION
             if request.method not in allowed:
                 return api_headers(api_error(f"method {request.method} not allowed", 405))
+            audit.defer(request)  # written once the answer is sent
             try:
                 response = view(request, *args, **kwargs)
             except errors.EngineError as e:
                 response = api_error(str(e), error_status(e))
             except ApiError as e:
                 response = api_error(e.message, e.status)
+            except BaseException:
+                audit.write_now(request)
+                raise
+            audit.write_after(request, response)
             return api_headers(response)
 
         wrapper.docker_api = True

@@ -133,7 +133,7 @@ def _attach(request, name: str, query: QueryDict):
         init_task = (services.early_init_task(record.id) if state == "configured" else None) or nodes.send(
             tasks.hijack, "init", record.id)
     stdin = query.get("stdin", "").lower() in ("1", "true", "yes") and bool(record.config.open_stdin)
-    audit.record(request, "container.attach", services.get_container(record.id), stdin=stdin)
+    audit.record(request, "container.attach", functools.partial(services.get_container, record.id), stdin=stdin)
     return json_response({"kind": "attach", "container_id": record.id, "socket": store().attach_socket_path(record.id),
                           "tty": bool(record.config.tty), "stdin": stdin, "stdin_once": bool(record.config.stdin_once),
                           "init_task": init_task, "name": record.name.lstrip("/"),

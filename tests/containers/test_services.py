@@ -110,3 +110,38 @@ def test_create_records_the_owner_and_audits_the_new_row(db, engine, django_user
     assert row.user == user and row.state == "configured"
     event = AuditEvent.objects.get(action="container.create")
     assert (event.user, event.object_type, event.object_id) == (user, "container", str(row.pk))
+
+
+def test_a_docker_api_request_writes_its_audit_events_once_answered(db, django_user_model):
+    """The Docker API's views write their audit events once the answer is sent (when Django closes
+    it), not before; a view that fails writes them at once."""
+    from django.http import HttpResponse
+    from django.test import RequestFactory
+
+    from project import audit
+    from project.dockerapi.base import docker_endpoint
+    from project.models import AuditEvent
+
+    user = django_user_model.objects.create_user("auditor", password="x")
+
+    @docker_endpoint("POST")
+    def view(request):
+        audit.record(request, "thing.do", lambda: user, how="now")
+        return HttpResponse(status=204)
+
+    @docker_endpoint("POST")
+    def failing(request):
+        audit.record(request, "thing.fail")
+        raise RuntimeError("boom")
+
+    request = RequestFactory().post("/v1.41/thing")
+    request.user = user
+    response = view(request)
+    assert response.status_code == 204 and not AuditEvent.objects.exists()
+    response.close()
+    event = AuditEvent.objects.get()
+    assert (event.action, event.user, event.object_type, event.object_id, event.detail) == (
+        "thing.do", user, "user", str(user.pk), {"how": "now"})
+    with pytest.raises(RuntimeError):
+        failing(request)
+    assert AuditEvent.objects.filter(action="thing.fail").exists()
