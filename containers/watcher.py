@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 
 from django.db import close_old_connections
 
@@ -39,6 +40,7 @@ class ExitWatcher(threading.Thread):
         from . import services
 
         changed: set[str] = set()
+        last_pass = 0.0
         try:
             while not self.stopping.is_set():
                 timeout = INTERVAL
@@ -46,12 +48,18 @@ class ExitWatcher(threading.Thread):
                     engine = services.engine_containers()
                     # The containers whose exit file was just written first, without reading the
                     # models (docker run --rm waits for what handle_exit does next).
-                    for cid in sorted(self._exit_dirs[d] for d in changed if d in self._exit_dirs):
+                    exits = {d for d in changed if d in self._exit_dirs}
+                    for cid in sorted(self._exit_dirs[d] for d in exits):
                         self._look(services, engine, cid)
                     # Watched before the models are read: an exit from now on wakes the next wait.
                     if not self._rewatch(engine):
                         timeout = RETRY
-                    self._pass(services, engine)
+                    # The whole pass (the models' active containers) when woken by something else
+                    # than those exits, and at least every INTERVAL.
+                    now = time.monotonic()
+                    if changed != exits or not changed or now - last_pass >= INTERVAL:
+                        self._pass(services, engine)
+                        last_pass = now
                 except Exception:
                     logger.exception("exit watcher pass failed")
                 if self._watch is not None:
@@ -69,15 +77,16 @@ class ExitWatcher(threading.Thread):
         ids = frozenset(engine._ids())
         if ids == self._watched and self._watch is not None:
             return True
-        exit_dirs = {cid: os.path.dirname(engine._exit_file(cid)) for cid in ids}
-        ready = frozenset(cid for cid, path in exit_dirs.items() if os.path.isdir(path))
-        watch = FileWatch([(engine.root, IN_CREATE | IN_MOVED_TO)]
-                          + [(exit_dirs[cid], IN_CLOSE_WRITE | IN_MOVED_TO) for cid in ready])
-        if self._watch is not None:
-            self._watch.close()
-        self._watch, self._watched = watch, ready
-        self._exit_dirs = {exit_dirs[cid]: cid for cid in ready}
-        return ready == ids
+        if self._watch is None:
+            self._watch = FileWatch([(engine.root, IN_CREATE | IN_MOVED_TO)])
+        # Only the new containers' directories are added; a removed one's watch ends with it.
+        for cid in ids - self._watched:
+            path = os.path.dirname(engine._exit_file(cid))
+            if self._watch.add(path, IN_CLOSE_WRITE | IN_MOVED_TO):
+                self._exit_dirs[path] = cid
+        self._exit_dirs = {path: cid for path, cid in self._exit_dirs.items() if cid in ids}
+        self._watched = frozenset(self._exit_dirs.values())
+        return self._watched == ids
 
     @staticmethod
     def _look(services, engine, container_id: str) -> None:

@@ -441,6 +441,7 @@ _libc.inotify_init1.argtypes = (ctypes.c_int,)
 _libc.inotify_add_watch.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32)
 
 
+_IN_IGNORED = 0x00008000
 _EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len (then the name)
 
 # Descriptors FileWatch.close() leaves to the closing thread of this process (see there).
@@ -488,16 +489,25 @@ class FileWatch:
             err = ctypes.get_errno()
             raise OSError(err, os.strerror(err))
         self._paths: dict[int, str] = {}  # watch descriptor -> path
-        for item in paths:
-            path, path_mask = item if isinstance(item, tuple) else (item, mask)
-            wd = _libc.inotify_add_watch(self.fd, os.fsencode(path), path_mask)
-            if wd < 0:
-                err = ctypes.get_errno()
-                if err != errno.ENOENT:
-                    os.close(self.fd)
-                    raise OSError(err, os.strerror(err), path)
-            else:
-                self._paths[wd] = path
+        try:
+            for item in paths:
+                path, path_mask = item if isinstance(item, tuple) else (item, mask)
+                self.add(path, path_mask)
+        except OSError:
+            os.close(self.fd)
+            raise
+
+    def add(self, path: str, mask: int = IN_CLOSE_WRITE | IN_MOVED_TO) -> bool:
+        """Watch one more path; False if it does not exist. A watched path that is deleted stops
+        being watched by itself."""
+        wd = _libc.inotify_add_watch(self.fd, os.fsencode(path), mask)
+        if wd < 0:
+            err = ctypes.get_errno()
+            if err == errno.ENOENT:
+                return False
+            raise OSError(err, os.strerror(err), path)
+        self._paths[wd] = path
+        return True
 
     def wait(self, timeout: float | None, extra_fds: Iterable[int] = ()) -> bool:
         """Block until an event (True) or ``timeout`` seconds (False). Drains pending events."""
@@ -523,10 +533,13 @@ class FileWatch:
             while data := os.read(self.fd, 65536):
                 offset = 0
                 while offset + _EVENT.size <= len(data):
-                    wd, _, _, length = _EVENT.unpack_from(data, offset)
+                    wd, mask, _, length = _EVENT.unpack_from(data, offset)
                     offset += _EVENT.size + length
                     if wd in self._paths:
-                        changed.add(self._paths[wd])
+                        if mask & _IN_IGNORED:  # the path went, and its watch with it: no change of it
+                            del self._paths[wd]
+                        else:
+                            changed.add(self._paths[wd])
         except BlockingIOError:
             pass
         return changed

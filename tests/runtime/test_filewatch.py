@@ -67,3 +67,20 @@ def test_close_leaves_the_descriptor_to_a_thread_that_closes_it(tmp_path):
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     watch.close()
+
+
+def test_add_watches_one_more_path_and_a_deleted_one_is_dropped(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    with FileWatch([str(a)]) as watch:
+        assert watch.add(str(b)) is True
+        assert watch.add(str(tmp_path / "missing")) is False
+        (b / "exit").write_text("0")
+        assert watch.changed(1.0) == {str(b)}
+        (b / "exit").unlink()
+        b.rmdir()  # its watch ends (IN_IGNORED): not a change of anything watched
+        assert watch.changed(0.2) == set()
+        assert str(b) not in watch._paths.values()
+        (a / "exit").write_text("1")
+        assert watch.changed(1.0) == {str(a)}
