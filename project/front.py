@@ -20,7 +20,9 @@ connects when the create is done, and holds the client's ``start`` of that conta
 
 Everything else (HTTP requests with any body framing, streaming answers, websockets) is copied to a
 Daphne connection pinned to the client connection; answers are relayed blindly (clients do not
-pipeline). Stdlib only: run it as ``python project/front.py --listen HOST:PORT --upstream SOCK``.
+pipeline). One exception: ``/_ping``, the first request of every docker command, as the first
+request of a connection: Daphne's 200 to it is replayed to the same credentials for PING_TTL
+seconds (``Front.ping``); it tells nothing but the API version. Stdlib only: run it as ``python project/front.py --listen HOST:PORT --upstream SOCK``.
 """
 
 from __future__ import annotations
@@ -61,6 +63,9 @@ ATTACH_RE = re.compile(r"^/(?:v\d+\.\d+/)?containers/([^/]+)/attach$")
 START_RE = re.compile(r"^/(?:v\d+\.\d+/)?containers/([^/]+)/start$")
 EXEC_START_RE = re.compile(r"^/(?:v\d+\.\d+/)?exec/([^/]+)/start$")
 INTERNAL_RE = re.compile(r"^/(?:v\d+\.\d+/)?_berth(?:/|$)")
+PING_RE = re.compile(r"^/(?:v\d+\.\d+/)?_ping$")
+# Daphne's answer to a ping is replayed this long to the same credentials (Front.ping).
+PING_TTL = 5.0
 # Headers the client may not set (they mean something between the front and Daphne), and the
 # hop-by-hop headers that never go to the preflight.
 STRIPPED = {SECRET_HEADER.lower(), "x-forwarded-for", "x-forwarded-port", "x-forwarded-proto"}
@@ -348,6 +353,8 @@ class Front:
         # Attaches still connecting, by container reference (the attach path's and the full id):
         # a start of that container waits for them, so the process's first output has a reader.
         self.gates: dict[str, list[asyncio.Event]] = {}
+        # (method, target, host, authorization) -> (until when, Daphne's answer): see ping().
+        self.pings: dict[tuple[str, str, str, str], tuple[float, bytes]] = {}
 
     def open_gate(self, refs: set[str]) -> asyncio.Event:
         """Hold starts of the container known as ``refs`` until the returned event is set."""
@@ -364,6 +371,51 @@ class Front:
                 waiting.remove(event)
             if not waiting:
                 self.gates.pop(ref, None)
+
+    async def ping(self, head: Head, peer: str) -> bytes | None:
+        """The answer to a client's ``/_ping`` (the first request of every docker command).
+
+        Daphne answers it as it answers any request (authentication included), on a connection
+        of its own; a 200 is then replayed to the same method, path, host and credentials for
+        PING_TTL seconds: it says nothing but the API version, and docker run saves Daphne's
+        1.3 ms. None when there are no credentials or Daphne does not answer (forward it then).
+        """
+        auth = head.get("authorization")
+        if not auth or head.get("content-length") or head.get("transfer-encoding"):
+            return None
+        key = (head.method, head.target, head.get("host"), auth)
+        now = asyncio.get_running_loop().time()
+        cached = self.pings.get(key)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        try:
+            status, answer = await self._fetch(head, peer)
+        except (OSError, ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            return None
+        if status == 200:
+            if len(self.pings) > 256:
+                self.pings.clear()
+            self.pings[key] = (now + PING_TTL, answer)
+        return answer
+
+    async def _fetch(self, head: Head, peer: str) -> tuple[int, bytes]:
+        """One bodiless request to Daphne on a connection of its own: (status, the whole answer,
+        without its Connection header)."""
+        reader, writer = await asyncio.open_unix_connection(self.upstream, limit=MAX_HEAD)
+        try:
+            headers = [(k, v) for k, v in head.headers if k.lower() not in STRIPPED and k.lower() != "connection"]
+            writer.write(head.encode(headers + [("X-Forwarded-For", peer)]))
+            await writer.drain()
+            raw = await reader.readuntil(b"\r\n\r\n")
+            answer = Head(b"GET / HTTP/1.1\r\n" + raw.split(b"\r\n", 1)[1][:-4])  # the headers, parsed
+            status = int(raw.split(b" ", 2)[1])
+            length = int(answer.get("content-length") or 0)
+            body = await reader.readexactly(length) if head.method != "HEAD" and length else b""
+        finally:
+            writer.close()
+        kept = [f"{k}: {v}" for k, v in answer.headers if k.lower() != "connection"]
+        status_line = raw.split(b"\r\n", 1)[0].decode("latin-1")
+        return status, ("\r\n".join([status_line, *kept]) + "\r\n\r\n").encode("latin-1") + body
 
     async def pass_gate(self, ref: str) -> None:
         """Wait until no attach of ``ref`` is connecting (bounded: a stuck attach does not block starts)."""
@@ -466,6 +518,13 @@ class Connection:
                 if not await Hijack(self, head).run():
                     continue  # refused with an ordinary answer: the connection lives on
                 return
+            if head.method in ("GET", "HEAD") and PING_RE.match(head.path) and self.up_writer is None:
+                # The first request of the connection (no answer of Daphne's can be on its way).
+                answer = await self.front.ping(head, self.peer)
+                if answer is not None:
+                    self.writer.write(answer)
+                    await self.writer.drain()
+                    continue
             if head.method == "POST" and (match := START_RE.match(head.path)):
                 await self.front.pass_gate(match[1])
             if not await self.forward(head):

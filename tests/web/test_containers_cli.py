@@ -165,12 +165,3 @@ def test_runtime_choice_through_the_cli(docker, name):
     refused = docker("run", "--rm", "--runtime", "kata", "busybox", "true", check=False)
     assert refused.returncode != 0 and "Unknown runtime specified kata" in refused.stderr
 
-
-def test_run_rm_of_a_missing_program_reports_it_and_leaves_nothing(docker, name):
-    """The early attach of ``docker run --rm`` waits for the create that fails (no attach socket
-    ever comes): the CLI gets Docker's error and 127, and the container is removed."""
-    run = docker("run", "--rm", "--name", name, "busybox", "no-such-program", check=False)
-    assert run.returncode == 127, run.stderr
-    assert 'exec: "no-such-program": executable file not found in $PATH' in run.stderr
-    assert wait_until(lambda: name not in docker("ps", "-a", "--format", "{{.Names}}").stdout)
-    assert docker("run", "--rm", "--name", name, "busybox", "echo", "again").stdout == "again\n"

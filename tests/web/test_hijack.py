@@ -342,3 +342,15 @@ def test_internal_paths_are_not_reachable(berth):
                   f"Authorization: Bearer {berth.token}\r\nX-Berth-Front-Secret: guess\r\n"
                   f"Content-Length: 2\r\nConnection: close\r\n\r\n{{}}".encode())
         assert s.recv(4096).startswith(b"HTTP/1.1 404")
+
+
+def test_ping_through_the_front(berth):
+    """The front replays Daphne's 200 to a ping with the same credentials (Front.ping); a ping
+    without them, or with bad ones, is refused every time."""
+    for _ in range(2):
+        status, headers, body = berth.request("GET", "/_ping")
+        assert status == 200 and body == b"OK" and dict(headers).get("Api-Version") == "1.41"
+        status, _, body = berth.request("HEAD", "/v1.41/_ping")
+        assert status == 200 and body == b""
+        assert berth.request("GET", "/_ping", headers={"Authorization": "Bearer nope"})[0] == 401
+        assert berth.request("GET", "/_ping", token=False)[0] == 401

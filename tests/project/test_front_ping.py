@@ -1,0 +1,57 @@
+"""The front's ``/_ping`` (project/front.py Front.ping): Daphne answers a ping as any request, and a
+200 is replayed to the same credentials for a few seconds; anything else is never replayed. Here
+the front talks to a small stand-in for Daphne that counts what reaches it; the live tests run the
+real one (tests/web/test_hijack.py)."""
+
+import asyncio
+import os
+import tempfile
+
+from project.front import Front, Head
+
+GOOD = "Bearer good"
+
+
+async def _daphne(path: str, seen: list):
+    async def answer(reader, writer):
+        head = Head((await reader.readuntil(b"\r\n\r\n"))[:-4])
+        seen.append((head.method, head.get("authorization")))
+        if head.get("authorization") == GOOD:
+            body = b"" if head.method == "HEAD" else b"OK"
+            writer.write(b"HTTP/1.1 200 OK\r\nApi-Version: 1.41\r\nConnection: close\r\nContent-Length: 2\r\n\r\n" + body)
+        else:
+            writer.write(b'HTTP/1.1 401 Unauthorized\r\nContent-Length: 15\r\n\r\n{"message": ""}')
+        await writer.drain()
+        writer.close()
+
+    return await asyncio.start_unix_server(answer, path)
+
+
+def _ping(method: str, auth: str | None) -> Head:
+    lines = [f"{method} /_ping HTTP/1.1", "Host: 127.0.0.1"] + ([f"Authorization: {auth}"] if auth else [])
+    return Head("\r\n".join(lines).encode())
+
+
+def test_a_200_is_replayed_to_the_same_credentials_only():
+    async def scenario():
+        seen = []
+        with tempfile.TemporaryDirectory() as tmp:
+            sock = os.path.join(tmp, "daphne.sock")
+            server = await _daphne(sock, seen)
+            front = Front(sock, "secret")
+            first = await front.ping(_ping("GET", GOOD), "127.0.0.1")
+            again = await front.ping(_ping("GET", GOOD), "127.0.0.1")
+            head = await front.ping(_ping("HEAD", GOOD), "127.0.0.1")
+            bad = [await front.ping(_ping("GET", "Bearer bad"), "127.0.0.1") for _ in range(2)]
+            anonymous = await front.ping(_ping("GET", None), "127.0.0.1")
+            server.close()
+            return seen, first, again, head, bad, anonymous
+
+    seen, first, again, head, bad, anonymous = asyncio.run(scenario())
+    assert first == again and first.startswith(b"HTTP/1.1 200 OK\r\n") and first.endswith(b"\r\n\r\nOK")
+    assert b"Connection" not in first  # Daphne's "close" is not the client's
+    assert head.endswith(b"Content-Length: 2\r\n\r\n")  # HEAD: the length, no body
+    assert all(b.startswith(b"HTTP/1.1 401") for b in bad)
+    assert anonymous is None  # no credentials: forwarded as any request
+    # Daphne saw the good GET once, the HEAD once, and every bad one.
+    assert seen == [("GET", GOOD), ("HEAD", GOOD), ("GET", "Bearer bad"), ("GET", "Bearer bad")]
