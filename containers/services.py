@@ -270,13 +270,13 @@ def handle_exit(container_id: str) -> Container | None:
             return None
         if _state_of(record) != ContainerStateChoices.EXITED or record.restarting:
             return sync_container(record)  # not ended, or ``docker restart`` starts it next
-        # A run that ended before its row said so (after_start runs in a task of its own): its
-        # "start" goes out before its "die" (docker events), by whoever acts on the exit.
-        row = Container.objects.filter(container_id=container_id).only("state", "started_at").first()
-        unrecorded = row is not None and row.started_at != _time(record.started_at)
         if record.config.auto_remove:
-            _remove_ended(record, started=unrecorded)
+            _remove_ended(record)
             return None
+        # A run that ended before its row said so (after_start runs in a thread of its own): its
+        # "start" goes out before its "die" (docker events), by whoever acts on the exit.
+        row = Container.objects.filter(container_id=container_id).only("started_at").first()
+        unrecorded = row is not None and row.started_at != _time(record.started_at)
         if not _claim_exit(record):
             return Container.objects.filter(container_id=container_id).first()
         if unrecorded:
@@ -296,7 +296,7 @@ def _publish_started(record) -> None:
                                                        "name": record.name, "state": "running", "exit_code": None})
 
 
-def _remove_ended(record, *, started: bool = False) -> None:
+def _remove_ended(record) -> None:
     """--rm, once its process ended: the container goes first (``docker run --rm`` waits for
     that), then its row, with the "die" and "destroy" events. No claim of the exit is needed:
     whoever else saw it end finds the container gone (the removal is the engine's, under its lock).
@@ -312,7 +312,7 @@ def _remove_ended(record, *, started: bool = False) -> None:
         raise
     container = Container.objects.filter(container_id=record.id).first()
     if container is not None:
-        if started:
+        if container.started_at != _time(record.started_at):  # its row never said it ran
             _publish_started(record)
         realtime.publish_on_commit(realtime.EVENTS_GROUP, {**state_event(container), "state": "exited",
                                                            "exit_code": record.exit_code})

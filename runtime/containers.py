@@ -347,6 +347,7 @@ class ContainerStore:
         self._last_stats: dict[str, tuple[float, dict]] = {}
         # list()'s parsed records: id -> ((st_ino, st_mtime_ns, st_size) of config.json, record).
         self._listed: dict[str, tuple[tuple[int, int, int], ContainerRecord]] = {}
+        self._removed_pruned = 0.0  # when _leave_exit_code last dropped old exit codes
         os.makedirs(self.root, mode=0o700, exist_ok=True)
 
     #
@@ -1433,11 +1434,13 @@ class ContainerStore:
         directory = os.path.dirname(self._removed_path(record.id))
         with contextlib.suppress(OSError):
             os.makedirs(directory, mode=0o700, exist_ok=True)
-            cutoff = time.time() - REMOVED_KEEP_S
-            for entry in os.scandir(directory):
-                if entry.stat().st_mtime < cutoff:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(entry.path)
+            now = time.time()
+            if now - self._removed_pruned > REMOVED_KEEP_S / 10:  # a look at every one: not each time
+                self._removed_pruned = now
+                for entry in os.scandir(directory):
+                    if entry.stat().st_mtime < now - REMOVED_KEEP_S:
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(entry.path)
             replace_json(self._removed_path(record.id), {"exit_code": record.exit_code})
 
     def _removed_exit_code(self, cid: str) -> int | None:
