@@ -119,9 +119,11 @@ def reconcile_containers() -> dict:
     seen = set()
     for record in records:
         seen.add(record.id)
-        if ((record.id in was_active or record.id in was_restarting) and record.config.auto_remove
-                and _state_of(record) == ContainerStateChoices.EXITED):
-            _auto_remove(record.id)  # --rm, ended while no worker watched
+        # --rm, ended while no worker watched (its row may not say it ran: after_start runs in a
+        # thread, which a crash can end first); never one that never ran.
+        ran = record.id in was_active or record.id in was_restarting or _time(record.started_at) is not None
+        if ran and record.config.auto_remove and _state_of(record) == ContainerStateChoices.EXITED:
+            _auto_remove(record.id)
             continue
         sync_container(record)
     stale = Container.objects.filter(node=settings.NODE_NAME).exclude(container_id__in=seen)

@@ -347,14 +347,16 @@ class RuntimeAttach:
 #
 
 class Front:
-    def __init__(self, upstream: str, secret: str):
+    def __init__(self, upstream: str, secret: str, auth_changed: str | None = None):
         self.upstream = upstream
         self.secret = secret
+        # Replaced by Django whenever a token, a user or a group changes (project/models.py).
+        self.auth_changed = auth_changed
         # Attaches still connecting, by container reference (the attach path's and the full id):
         # a start of that container waits for them, so the process's first output has a reader.
         self.gates: dict[str, list[asyncio.Event]] = {}
-        # (method, target, host, authorization) -> (until when, Daphne's answer): see ping().
-        self.pings: dict[tuple[str, str, str, str], tuple[float, bytes]] = {}
+        # (method, target, host, authorization) -> (until when, auth_changed's stamp, Daphne's answer).
+        self.pings: dict[tuple[str, str, str, str], tuple[float, tuple | None, bytes]] = {}
 
     def open_gate(self, refs: set[str]) -> asyncio.Event:
         """Hold starts of the container known as ``refs`` until the returned event is set."""
@@ -377,17 +379,19 @@ class Front:
 
         Daphne answers it as it answers any request (authentication included), on a connection
         of its own; a 200 is then replayed to the same method, path, host and credentials for
-        PING_TTL seconds: it says nothing but the API version, and docker run saves Daphne's
-        1.3 ms. None when there are no credentials or Daphne does not answer (forward it then).
+        PING_TTL seconds, unless a token, user or group changed meanwhile (``auth_changed``): it
+        says nothing but the API version, and docker run saves Daphne's 1.3 ms. None when there
+        are no credentials or Daphne does not answer (forward it then).
         """
         auth = head.get("authorization")
         if not auth or head.get("content-length") or head.get("transfer-encoding"):
             return None
         key = (head.method, head.target, head.get("host"), auth)
         now = asyncio.get_running_loop().time()
+        stamp = self._auth_stamp()
         cached = self.pings.get(key)
-        if cached is not None and cached[0] > now:
-            return cached[1]
+        if cached is not None and cached[0] > now and cached[1] == stamp:
+            return cached[2]
         try:
             status, answer = await self._fetch(head, peer)
         except (OSError, ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
@@ -395,8 +399,15 @@ class Front:
         if status == 200:
             if len(self.pings) > 256:
                 self.pings.clear()
-            self.pings[key] = (now + PING_TTL, answer)
+            self.pings[key] = (now + PING_TTL, stamp, answer)
         return answer
+
+    def _auth_stamp(self) -> tuple | None:
+        try:
+            st = os.stat(self.auth_changed) if self.auth_changed else None
+        except OSError:
+            return None
+        return st and (st.st_ino, st.st_mtime_ns)
 
     async def _fetch(self, head: Head, peer: str) -> tuple[int, bytes]:
         """One bodiless request to Daphne on a connection of its own: (status, the whole answer,
@@ -784,7 +795,8 @@ async def main(argv=None) -> None:
     parser.add_argument("--secret-file", default=str(Path(os.environ.get("BERTH_DATA_DIR", "var")) / "front_secret"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s front %(levelname)s %(message)s")
-    front = Front(args.upstream, load_secret(args.secret_file))
+    front = Front(args.upstream, load_secret(args.secret_file),
+                  auth_changed=str(Path(args.secret_file).parent / "auth_changed"))
 
     async def handle(reader, writer):
         await spawn(front.serve(reader, writer))  # strongly held: trap 2

@@ -1,6 +1,7 @@
 """Cross-cutting models: API tokens, jobs (long operations with their whole log) and the audit log."""
 
 import hashlib
+import os
 import secrets
 import threading
 import time
@@ -26,9 +27,22 @@ _auth_cache: dict[str, tuple[float, "ApiToken"]] = {}
 _auth_lock = threading.Lock()
 
 
+AUTH_CHANGED_FILE = "auth_changed"
+
+
 def forget_authentications(**kwargs) -> None:
-    """Drop every remembered token (a token, user or group membership changed)."""
+    """Drop every remembered token (a token, user or group membership changed), and say so to the
+    front, which replays Daphne's answers to pings of the same credentials (project/front.py): a
+    new ``DATA_DIR/auth_changed`` file (its inode is what the front compares)."""
     _auth_cache.clear()
+    path = os.path.join(settings.DATA_DIR, AUTH_CHANGED_FILE)
+    tmp = f"{path}.tmp-{secrets.token_hex(4)}"
+    try:
+        with open(tmp, "w") as f:
+            f.write(secrets.token_hex(8))
+        os.replace(tmp, path)
+    except OSError:
+        pass
 
 
 class ApiTokenManager(models.Manager):

@@ -55,3 +55,33 @@ def test_a_200_is_replayed_to_the_same_credentials_only():
     assert anonymous is None  # no credentials: forwarded as any request
     # Daphne saw the good GET once, the HEAD once, and every bad one.
     assert seen == [("GET", GOOD), ("HEAD", GOOD), ("GET", "Bearer bad"), ("GET", "Bearer bad")]
+
+
+def test_a_change_of_tokens_or_users_ends_the_replay(settings, tmp_path, db, django_user_model):
+    """Django replaces DATA_DIR/auth_changed when a token, user or group changes (a revoked token):
+    the front asks Daphne again then."""
+    from project.models import ApiToken
+
+    settings.DATA_DIR = tmp_path
+    user = django_user_model.objects.create_user("revoker", password="x")
+    token, _ = ApiToken.objects.create_token(user, "t")
+    seen = []
+    loop = asyncio.new_event_loop()
+    try:
+        sock = str(tmp_path / "daphne.sock")
+        server = loop.run_until_complete(_daphne(sock, seen))
+        front = Front(sock, "secret", auth_changed=str(tmp_path / "auth_changed"))
+
+        def ping_twice():
+            for _ in range(2):
+                assert loop.run_until_complete(front.ping(_ping("GET", GOOD), "127.0.0.1")).startswith(b"HTTP/1.1 200")
+
+        ping_twice()
+        assert len(seen) == 1
+        token.revoked_at = token.created_at
+        token.save()  # what the tokens page's Revoke does
+        ping_twice()
+        assert len(seen) == 2
+        server.close()
+    finally:
+        loop.close()
