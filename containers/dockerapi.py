@@ -90,10 +90,11 @@ def container_inspect(request, name: str):
 # Lifecycle
 #
 
-def _action(request, name: str, action: str, **kwargs) -> HttpResponse:
+def _action(request, name: str, action: str, record=None, **kwargs) -> HttpResponse:
     require_perm(request, "containers.operate_container" if action != "remove" else "containers.delete_container")
-    container = services.get_container(name)
-    services.container_action(container, action, request=request, **kwargs)
+    # The row for the audit log is read once the answer is sent, but a removal's before it goes.
+    target = services.get_container(name) if action == "remove" else (record or engine().get(name)).id
+    services.container_action(target, action, request=request, **kwargs)
     return HttpResponse(status=204)
 
 
@@ -102,7 +103,7 @@ def container_start(request, name: str):
     record = engine().get(name)
     if record.state.value in (ContainerStateChoices.RUNNING, ContainerStateChoices.PAUSED):
         return HttpResponse(status=304)
-    return _action(request, name, "start")
+    return _action(request, name, "start", record)
 
 
 @docker_endpoint("POST")

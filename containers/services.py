@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import fcntl
+import functools
 import io
 import logging
 import os
@@ -465,13 +466,21 @@ def do_action(container_id: str, action: str, **kwargs):
 ACTION_TIMEOUT_SLACK = 30
 
 
-def container_action(container: Container, action: str, *, request=None, **kwargs) -> None:
-    """start / stop / restart / kill / pause / unpause / remove / rename, through the worker."""
+def container_action(container: Container | str, action: str, *, request=None, **kwargs) -> None:
+    """start / stop / restart / kill / pause / unpause / remove / rename, through the worker.
+    ``container``: its row, or its id (the row is then read for the audit log only when the event
+    is written: after the Docker API's answer)."""
     from . import tasks
 
+    container_id = container if isinstance(container, str) else container.container_id
+    subject = functools.partial(_row_of, container_id) if isinstance(container, str) else container
     timeout = nodes.DEFAULT_TIMEOUT + int(kwargs.get("timeout") or 0) + ACTION_TIMEOUT_SLACK
-    nodes.call(tasks.container_action, container.container_id, action, kwargs, timeout=timeout)
-    audit.record(request, f"container.{action}", container, **{k: v for k, v in kwargs.items() if k != "signal"})
+    nodes.call(tasks.container_action, container_id, action, kwargs, timeout=timeout)
+    audit.record(request, f"container.{action}", subject, **{k: v for k, v in kwargs.items() if k != "signal"})
+
+
+def _row_of(container_id: str) -> Container | None:
+    return Container.objects.filter(container_id=container_id).first()
 
 
 def get_container(name_or_id: str) -> Container:

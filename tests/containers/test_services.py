@@ -145,3 +145,27 @@ def test_a_docker_api_request_writes_its_audit_events_once_answered(db, django_u
     with pytest.raises(RuntimeError):
         failing(request)
     assert AuditEvent.objects.filter(action="thing.fail").exists()
+
+
+def test_the_docker_apis_actions_audit_their_container(db, engine, django_user_model, settings):
+    """A start's audit event names the container's row, read once the answer is sent; a removal's
+    names the row it removed."""
+    from django.test import RequestFactory
+
+    from containers import dockerapi
+    from project.models import AuditEvent
+
+    settings.CELERY_TASK_ALWAYS_EAGER = True
+    user = django_user_model.objects.create_superuser("operator", password="x")
+    factory = RequestFactory()
+    container = services.create_container({"image": "busybox", "cmd": ["sleep", "30"], "name": "audited"},
+                                          user=user, read=False)
+    for view, method, action in ((dockerapi.container_start, "post", "container.start"),
+                                 (dockerapi.container_delete, "delete", "container.remove")):
+        request = getattr(factory, method)("/v1.41/containers/audited?force=1")
+        request.user = user
+        response = view(request, "audited")
+        assert response.status_code == 204, response.content
+        response.close()
+        event = AuditEvent.objects.get(action=action)
+        assert (event.object_type, event.object_id) == ("container", str(container.pk))
