@@ -202,21 +202,33 @@ def row_lock(container_id: str):
         os.close(fd)
 
 
-def after_start(container_id: str) -> Container | None:
+# How long after_start's thread leaves a process that ended at once to the exit watcher.
+EXIT_LEFT_TO_WATCHER_S = 0.5
+
+
+def after_start(container_id: str, *, watched: bool = False) -> Container | None:
     """Record a start's outcome (start, restart, unpause, a policy's restart, run -d).
 
-    A process that ended before its start was even recorded never looks active to the exit
-    watcher: its exit is handled here. One that ends while its row is being written may wake the
-    watcher before the row says running, and the watcher leaves it: so once the row says running,
-    look once more. Both this and the watcher may then see the same exit: ``handle_exit`` lets
-    only one of them act on it. None when the container is gone meanwhile (--rm).
+    A process that ended before its start was even recorded may never look active to the exit
+    watcher's pass: its exit is handled here. One that ends while its row is being written may
+    wake the watcher before the row says running: so once the row says running, look once more.
+    Both this and the watcher may then see the same exit: ``handle_exit`` lets only one of them
+    act on it. With ``watched`` (after_start's own thread, docker run --rm's path), the exit
+    watcher is left to act on such an exit first (it wakes on the exit file itself, whatever the
+    row says), and this only makes sure EXIT_LEFT_TO_WATCHER_S later: acting on it here at once
+    doubled the exit's work at the moment the CLI waits for its code. None when the container is
+    gone meanwhile (--rm).
     """
     engine = engine_containers()
     try:
         with row_lock(container_id):
-            record = engine.get(container_id)
-            container = sync_container(record) if record.running else None
-        if container is None or not engine.get(container_id).running:
+            # Watched: the exit is not synced here either (a look at the exit file says enough).
+            record = engine.get(container_id, sync=not watched)
+            ended = not record.running or (watched and engine.has_exited(container_id))
+            container = None if ended else sync_container(record)
+        if container is None or (engine.has_exited(container_id) if watched else not engine.get(container_id).running):
+            if watched:
+                time.sleep(EXIT_LEFT_TO_WATCHER_S)
             return handle_exit(container_id)
     except NotFound:
         forget_container(container_id)
@@ -239,7 +251,7 @@ def _after_start_soon(container_id: str) -> None:
 
 def _after_start_thread(container_id: str) -> None:
     try:
-        after_start(container_id)
+        after_start(container_id, watched=True)
     except Exception:
         logger.exception("recording the start of %s failed", container_id[:12])
     finally:

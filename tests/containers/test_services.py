@@ -169,3 +169,17 @@ def test_the_docker_apis_actions_audit_their_container(db, engine, django_user_m
         response.close()
         event = AuditEvent.objects.get(action=action)
         assert (event.object_type, event.object_id) == ("container", str(container.pk))
+
+
+def test_after_starts_thread_still_acts_on_an_exit_no_watcher_saw(db, engine, monkeypatch):
+    """after_start's thread leaves a process that ended at once to the exit watcher, and acts on
+    it itself a moment later: with no watcher (as here), a --rm container is removed all the same."""
+    monkeypatch.setattr(services, "EXIT_LEFT_TO_WATCHER_S", 0.05)
+    record = engine.containers.create(ContainerConfig(image="busybox", cmd=["true"], auto_remove=True))
+    services.sync_container(record)
+    engine.containers.start(record.id)
+    engine.containers.wait(record.id, timeout=10, condition="not-running")
+    assert services.after_start(record.id, watched=True) is None
+    with pytest.raises(NotFound):
+        engine.containers.get(record.id)
+    assert not Container.objects.filter(container_id=record.id).exists()
