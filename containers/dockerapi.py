@@ -92,8 +92,12 @@ def container_inspect(request, name: str):
 
 def _action(request, name: str, action: str, record=None, **kwargs) -> HttpResponse:
     require_perm(request, "containers.operate_container" if action != "remove" else "containers.delete_container")
-    # The row for the audit log is read once the answer is sent, but a removal's before it goes.
-    target = services.get_container(name) if action == "remove" else (record or engine().get(name)).id
+    # The row for the audit log of a start is read beside the answer (it stays); the others' before
+    # (a stop or kill of a --rm container, a removal, take it away).
+    if action in ("start", "unpause"):
+        target = (record or engine().get(name)).id
+    else:
+        target = services.get_container(name)
     services.container_action(target, action, request=request, **kwargs)
     return HttpResponse(status=204)
 

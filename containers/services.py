@@ -103,12 +103,19 @@ def state_event(container: Container) -> dict:
             "state": container.state, "exit_code": container.exit_code}
 
 
-def forget_container(container_id: str) -> None:
+def forget_container(container_id: str, *, ended=None) -> None:
+    """Drop the row of a container that is gone, with its "destroy" event, once whoever calls.
+    ``ended``: the engine's record of a run that ended just before (--rm): its "start" if the row
+    never showed it, and its "die", go out first."""
     container = Container.objects.filter(container_id=container_id).first()
-    if container is not None:
-        event = {**state_event(container), "state": "removed"}
-        container.delete()
-        realtime.publish_on_commit(realtime.EVENTS_GROUP, event)
+    if container is None or not Container.objects.filter(pk=container.pk).delete()[0]:
+        return  # gone already: its events went out with it
+    if ended is not None:
+        if container.started_at != _time(ended.started_at):  # its row never said it ran
+            _publish_started(ended)
+        realtime.publish_on_commit(realtime.EVENTS_GROUP, {**state_event(container), "state": "exited",
+                                                           "exit_code": ended.exit_code})
+    realtime.publish_on_commit(realtime.EVENTS_GROUP, {**state_event(container), "state": "removed"})
 
 
 def reconcile_containers() -> dict:
@@ -178,8 +185,9 @@ def _remove_after_failed_start(container_id: str) -> None:
 def _auto_remove(container_id: str) -> None:
     """--rm: the container and its anonymous volumes go (Docker's AutoRemove)."""
     with contextlib.suppress(NotFound):
-        engine_containers().remove(container_id, force=True, volumes=True)
-    forget_container(container_id)
+        engine_containers().remove(container_id, force=True, volumes=True,
+                                   when_gone=lambda: forget_container(container_id))
+    forget_container(container_id)  # gone before (no-op otherwise)
 
 
 @contextlib.contextmanager
@@ -226,7 +234,9 @@ def after_start(container_id: str, *, watched: bool = False) -> Container | None
             record = engine.get(container_id, sync=not watched)
             ended = not record.running or (watched and engine.has_exited(container_id))
             container = None if ended else sync_container(record)
-        if container is None or (engine.has_exited(container_id) if watched else not engine.get(container_id).running):
+        ended = container is None or (engine.has_exited(container_id) if watched
+                                      else not engine.get(container_id).running)
+        if ended:
             if watched:
                 time.sleep(EXIT_LEFT_TO_WATCHER_S)
             return handle_exit(container_id)
@@ -245,8 +255,8 @@ def _after_start_soon(container_id: str) -> None:
     if settings.CELERY_TASK_ALWAYS_EAGER:
         after_start(container_id)
         return
-    threading.Thread(target=_after_start_thread, args=(container_id,), name=f"after-start-{container_id[:12]}",
-                     daemon=True).start()
+    threading.Thread(target=_after_start_thread, args=(container_id,),
+                     name=f"after-start-{container_id[:12]}", daemon=True).start()
 
 
 def _after_start_thread(container_id: str) -> None:
@@ -307,31 +317,28 @@ def handle_exit(container_id: str) -> Container | None:
 
 
 def _publish_started(record) -> None:
-    realtime.publish_on_commit(realtime.EVENTS_GROUP, {"type": "container.state", "id": record.id,
-                                                       "name": record.name, "state": "running", "exit_code": None})
+    realtime.publish_on_commit(realtime.EVENTS_GROUP, {
+        "type": "container.state", "id": record.id, "name": record.name, "state": "running",
+        "exit_code": None})
 
 
 def _remove_ended(record) -> None:
     """--rm, once its process ended: the container goes first (``docker run --rm`` waits for
-    that), then its row, with the "die" and "destroy" events. No claim of the exit is needed:
-    whoever else saw it end finds the container gone (the removal is the engine's, under its lock).
-    A removal that fails leaves the container DEAD, and its row says so."""
+    that), its row right after it is moved out of the store (before its files are deleted: the
+    CLI, answered at that move, may reuse the name at once), with the "die" and "destroy" events.
+    No claim of the exit is needed: whoever else saw it end finds the container gone (the removal
+    is the engine's, under its lock). A removal that fails leaves the container DEAD, and its row
+    says so."""
     engine = engine_containers()
     try:
-        engine.remove(record.id, force=True, volumes=True)
+        engine.remove(record.id, force=True, volumes=True,
+                      when_gone=lambda: forget_container(record.id, ended=record))
     except NotFound:
         return  # removed by the other one who saw it end, who drops the row
     except EngineError:
         with contextlib.suppress(NotFound):
             sync_container(engine.get(record.id))
         raise
-    container = Container.objects.filter(container_id=record.id).first()
-    if container is not None:
-        if container.started_at != _time(record.started_at):  # its row never said it ran
-            _publish_started(record)
-        realtime.publish_on_commit(realtime.EVENTS_GROUP, {**state_event(container), "state": "exited",
-                                                           "exit_code": record.exit_code})
-    forget_container(record.id)
 
 
 def _claim_exit(record) -> bool:
@@ -370,8 +377,8 @@ def do_create(config: dict, user_id: int | None = None, start: bool = False) -> 
     if not start and record.config.auto_remove:
         init_task = _init_ahead(record.id)  # first: the row below can be written while it runs
     with row_lock(record.id):  # the early init writes the row too: the later state wins
-        container = sync_container(engine.get(record.id) if not start and record.config.auto_remove else record,
-                                   user_id=user_id or None)
+        fresh = engine.get(record.id) if not start and record.config.auto_remove else record
+        container = sync_container(fresh, user_id=user_id or None)
     if start:
         try:
             engine.start(record.id)
@@ -430,7 +437,8 @@ def early_init_task(container_id: str) -> str | None:
     return entry[0]
 
 
-def create_container(config: dict, *, start: bool = False, user=None, request=None, read: bool = True) -> Container:
+def create_container(config: dict, *, start: bool = False, user=None, request=None,
+                     read: bool = True) -> Container:
     """``docker create`` (or ``docker run -d`` with start): returns the new container's row; with
     ``read=False`` only a reference to it (its pk, id and name, not read back: the Docker API needs
     no more, on the path of docker run)."""
@@ -488,7 +496,8 @@ def container_action(container: Container | str, action: str, *, request=None, *
     subject = functools.partial(_row_of, container_id) if isinstance(container, str) else container
     timeout = nodes.DEFAULT_TIMEOUT + int(kwargs.get("timeout") or 0) + ACTION_TIMEOUT_SLACK
     nodes.call(tasks.container_action, container_id, action, kwargs, timeout=timeout)
-    audit.record(request, f"container.{action}", subject, **{k: v for k, v in kwargs.items() if k != "signal"})
+    audit.record(request, f"container.{action}", subject,
+                 **{k: v for k, v in kwargs.items() if k != "signal"})
 
 
 def _row_of(container_id: str) -> Container | None:

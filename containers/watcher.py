@@ -18,6 +18,7 @@ import time
 from django.db import close_old_connections
 
 from runtime.containers import ContainerState
+from runtime.errors import NotFound
 from runtime.monitor import IN_CLOSE_WRITE, IN_CREATE, IN_MOVED_TO, FileWatch
 
 logger = logging.getLogger(__name__)
@@ -91,14 +92,16 @@ class ExitWatcher(threading.Thread):
     @staticmethod
     def _look(services, engine, container_id: str) -> None:
         """One container whose exits directory changed: hand its exit to ``handle_exit`` (which
-        acts once per exit, whoever else saw it)."""
+        acts once per exit, whoever else saw it). A failure is logged: the others go on."""
         try:
             record = engine.get(container_id)
+            if record.state is ContainerState.EXITED:
+                close_old_connections()
+                services.handle_exit(container_id)
+        except NotFound:
+            return  # removed meanwhile: the pass drops its row
         except Exception:
-            return  # gone (removed meanwhile): the pass drops its row
-        if record.state is ContainerState.EXITED:
-            close_old_connections()
-            services.handle_exit(container_id)
+            logger.exception("handling the exit of %s failed", container_id[:12])
 
     def _pass(self, services, engine) -> None:
         close_old_connections()

@@ -1,6 +1,11 @@
 """The audit log: every change is recorded with who, what, when and the outcome."""
 
 import logging
+import os
+import queue
+import threading
+
+from django.db import close_old_connections
 
 from .models import AuditEvent
 
@@ -11,8 +16,9 @@ def record(request, action: str, obj=None, *, outcome: str = "ok", **detail) -> 
     """Record ``action`` by the request's user on ``obj`` (a model instance, or a function that
     returns one when the event is written).
 
-    In a Docker API request (``defer``) the event is written once the answer is sent, not before:
-    the CLI's next request of docker run waits for that answer. Its time is now's either way.
+    In a Docker API request (``defer``) the event is written beside the answer, by a thread of
+    its own, not before it: the CLI's next request of docker run waits for that answer. Its time
+    is now's either way.
     """
     user = request.user if request is not None and request.user.is_authenticated else None
     event = AuditEvent(user=user, action=action, outcome=outcome, detail=detail,
@@ -27,37 +33,68 @@ def record(request, action: str, obj=None, *, outcome: str = "ok", **detail) -> 
 
 
 def defer(request) -> None:
-    """Keep the events this request records until ``write_after`` writes them."""
+    """Keep the events this request records until ``write_after`` hands them on."""
     request._audit_pending = []
 
 
-def write_after(request, response) -> None:
-    """Write the events ``request`` recorded once ``response`` is sent (when Django closes it)."""
+def write_after(request, response=None) -> None:
+    """Have the events ``request`` recorded written by the audit thread (the view is done: its
+    answer goes out meanwhile). The response is not needed: a client that hangs up before the
+    answer is sent still leaves its events."""
     pending = getattr(request, "_audit_pending", None)
     request._audit_pending = None
     if pending:
-        response._resource_closers.append(lambda: _save_all(pending))
+        _writer.submit(pending)
 
 
 def write_now(request) -> None:
-    """Write the events ``request`` recorded (its view failed: there is no answer to wait for)."""
+    """Write the events ``request`` recorded, here (its view failed)."""
     pending = getattr(request, "_audit_pending", None)
     request._audit_pending = None
     _save_all(pending or [])
+
+
+class _Writer:
+    """One thread per process writes deferred events, in order."""
+
+    def __init__(self):
+        self.queue: "queue.SimpleQueue[list[AuditEvent]] | None" = None
+        self.pid = None
+        self.lock = threading.Lock()
+
+    def submit(self, events: list[AuditEvent]) -> None:
+        with self.lock:
+            if self.pid != os.getpid():
+                self.queue, self.pid = queue.SimpleQueue(), os.getpid()
+                threading.Thread(target=self.run, args=(self.queue,), name="berth-audit", daemon=True).start()
+            self.queue.put(events)
+
+    @staticmethod
+    def run(batches: "queue.SimpleQueue[list[AuditEvent]]") -> None:
+        while True:
+            _save_all(batches.get())
+            if batches.empty():
+                close_old_connections()
+
+
+_writer = _Writer()
 
 
 def _save_all(events: list[AuditEvent]) -> None:
     for event in events:
         try:
             _save(event)
-        except Exception:  # Django's close() would swallow it
+        except Exception:
             logger.exception("could not write the audit event %s", event.action)
 
 
 def _save(event: AuditEvent) -> None:
     obj = event.subject
     if callable(obj) and not hasattr(obj, "_meta"):
-        obj = obj()
+        try:
+            obj = obj()
+        except Exception:  # gone meanwhile: the event stays, without its object
+            obj = None
     event.object_type = obj._meta.model_name if obj is not None and hasattr(obj, "_meta") else ""
     event.object_id = str(getattr(obj, "pk", "") or "") if obj is not None else ""
     event.save()

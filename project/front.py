@@ -22,7 +22,9 @@ Everything else (HTTP requests with any body framing, streaming answers, websock
 Daphne connection pinned to the client connection; answers are relayed blindly (clients do not
 pipeline). One exception: ``/_ping``, the first request of every docker command, as the first
 request of a connection: Daphne's 200 to it is replayed to the same credentials for PING_TTL
-seconds (``Front.ping``); it tells nothing but the API version. Stdlib only: run it as ``python project/front.py --listen HOST:PORT --upstream SOCK``.
+seconds (``Front.ping``); it tells nothing but the API version.
+
+Stdlib only: run it as ``python project/front.py --listen HOST:PORT --upstream SOCK``.
 """
 
 from __future__ import annotations
@@ -414,7 +416,8 @@ class Front:
         without its Connection header)."""
         reader, writer = await asyncio.open_unix_connection(self.upstream, limit=MAX_HEAD)
         try:
-            headers = [(k, v) for k, v in head.headers if k.lower() not in STRIPPED and k.lower() != "connection"]
+            headers = [(k, v) for k, v in head.headers
+                       if k.lower() not in STRIPPED and k.lower() != "connection"]
             writer.write(head.encode(headers + [("X-Forwarded-For", peer)]))
             await writer.drain()
             raw = await reader.readuntil(b"\r\n\r\n")
@@ -663,7 +666,9 @@ class Hijack:
         waiting = None
         try:
             await self.upgrade()
-            attach = await connect_when_there(plan["socket"], None, INIT_WAIT_AFTER) if plan.get("fresh") else None
+            attach = None
+            if plan.get("fresh"):
+                attach = await connect_when_there(plan["socket"], None, INIT_WAIT_AFTER)
             if attach is None:
                 waiting = spawn(front.internal(INIT_WAIT_PATH, self.head, {"task": plan["init_task"]},
                                                self.conn.peer))

@@ -1,6 +1,7 @@
 """Cross-cutting models: API tokens, jobs (long operations with their whole log) and the audit log."""
 
 import hashlib
+import logging
 import os
 import secrets
 import threading
@@ -13,6 +14,8 @@ from django.utils import timezone
 from .choices import ACTIVE_JOB_STATES, JobKindChoices, JobStatusChoices
 
 __all__ = ("ApiToken", "AuditEvent", "Job", "JobEvent")
+
+logger = logging.getLogger(__name__)
 
 TOKEN_PREFIX = "berth_"
 
@@ -41,8 +44,8 @@ def forget_authentications(**kwargs) -> None:
         with open(tmp, "w") as f:
             f.write(secrets.token_hex(8))
         os.replace(tmp, path)
-    except OSError:
-        pass
+    except OSError as e:
+        logger.warning("could not tell the front that authentications changed (%s): %s", path, e)
 
 
 class ApiTokenManager(models.Manager):

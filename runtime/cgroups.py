@@ -32,7 +32,8 @@ import re
 import subprocess
 
 __all__ = ["CgroupPaths", "bind_v1_hierarchies", "cpu_count", "favor_dynmods", "hybrid_v2_controllers",
-           "mount_unified", "network_stats", "read_stats", "remove_dirs", "stray_unified_dir", "system_cpu_usage"]
+           "mount_unified", "network_stats", "read_stats", "remove_dirs", "stray_unified_dir",
+           "system_cpu_usage"]
 
 CGROUP_ROOT = "/sys/fs/cgroup"
 _NS_PER_TICK = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
@@ -173,10 +174,15 @@ def favor_dynmods(mountinfo: str = "/proc/self/mountinfo") -> bool:
         return False
     if any(FAVOR_DYNMODS in supers for _, _, supers in mounts):
         return True
-    point, options, supers = mounts[0]
+    # A remount applies its ro/rw to the hierarchy itself: only one whose own ro/rw is the
+    # hierarchy's (never a read-only bind of a writable one, which would become read-only).
+    consistent = [m for m in mounts if ("ro" in m[1]) == ("ro" in m[2])]
+    if not consistent:
+        return False
+    point, options, supers = consistent[0]
     with contextlib.suppress(OSError, subprocess.SubprocessError):
-        subprocess.run(["mount", "-o", remount_options(options, supers), point], check=True, capture_output=True,
-                       timeout=10)
+        subprocess.run(["mount", "-o", remount_options(options, supers), point], check=True,
+                       capture_output=True, timeout=10)
     return any(FAVOR_DYNMODS in supers for _, _, supers in cgroup2_mounts(mountinfo))
 
 

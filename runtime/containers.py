@@ -517,7 +517,9 @@ class ContainerStore:
             if record is not None:
                 return record
         name = key.lstrip("/")
-        records = [r for r in (self._read_listed(i) for i in self._ids()) if r is not None]
+        ids = self._ids()
+        records = [r for r in (self._read_listed(i) for i in ids) if r is not None]
+        self._forget_listed(ids)
         for record in records:
             if record.name == name:
                 return record
@@ -544,12 +546,16 @@ class ContainerStore:
             record = self._synced(record)
             if all or record.state in ACTIVE_STATES:
                 records.append(record)
+        self._forget_listed(ids)
+        records.sort(key=_created_ns, reverse=True)
+        return records
+
+    def _forget_listed(self, ids: list[str]) -> None:
+        """Drop the remembered records of containers no longer in ``ids`` (all of them)."""
         if len(self._listed) > len(ids):
             present = set(ids)
             for cid in [c for c in self._listed if c not in present]:
                 self._listed.pop(cid, None)
-        records.sort(key=_created_ns, reverse=True)
-        return records
 
     def image_in_use(self, image_id: str) -> str | bool:
         """The id of a container created from the image, or False (for ImageStore.remove's ``in_use``)."""
@@ -606,7 +612,9 @@ class ContainerStore:
         # between its creation here and the record that makes it "in use" (runtime.volumes).
         with self.volumes.locked() if volumes else contextlib.nullcontext(), self._names_locked():
             # The names of every other container: list()'s parsed records (a stat each) when unchanged.
-            records = [r for r in (self._read_listed(i, shared=True) for i in self._ids()) if r is not None]
+            ids = self._ids()
+            records = [r for r in (self._read_listed(i, shared=True) for i in ids) if r is not None]
+            self._forget_listed(ids)
             taken = {r.name: r.id for r in records}
             if name and name in taken:
                 raise AlreadyExists(
@@ -1347,7 +1355,13 @@ class ContainerStore:
                     # A waiter for the removal only watches: syncing the exit here (unmount,
                     # cgroups) would race the worker, which removes the container right after.
                     current = self._synced(current)
-                last_code = current.exit_code
+                    last_code = current.exit_code
+                else:  # the code conmon wrote, in case the removal leaves none (see there)
+                    code = read_exit_file(self._exit_file(cid))
+                    if code is not None:
+                        last_code = 128 + signals.SIGKILL if code == -1 else code
+                    else:
+                        last_code = current.exit_code
                 if current.state not in (S.CREATED, *ACTIVE_STATES):
                     if condition == "not-running":
                         return current.exit_code
@@ -1362,7 +1376,8 @@ class ContainerStore:
     # Remove and rename
     #
 
-    def remove(self, id_or_name: str, force: bool = False, volumes: bool = False) -> None:
+    def remove(self, id_or_name: str, force: bool = False, volumes: bool = False,
+               when_gone: Callable[[], None] | None = None) -> None:
         """``docker rm``: any state but REMOVING -> (gone). A running or paused container needs
         ``force`` (it is killed first). ``volumes`` also removes its anonymous volumes.
 
@@ -1370,7 +1385,8 @@ class ContainerStore:
         2. ``runc delete --force``, unmount, network release, the socket symlinks (the
            container's and its exec sessions'), the cgroup dirs, then the container's directory:
            moved aside (the container is gone then, and its waiters are answered), then deleted.
-        A step that fails leaves the container DEAD with the error, and raises.
+        A step that fails leaves the container DEAD with the error, and raises. ``when_gone`` is
+        called once the container is gone, before its files are deleted (still under its lock).
         """
         record = self._lookup(id_or_name)
         with self._locked(record.id) as record:
@@ -1402,6 +1418,11 @@ class ContainerStore:
                 with contextlib.suppress(OSError):
                     self._write(record)
                 raise EngineError(f"could not remove container {record.id}: {exc}") from exc
+            if when_gone is not None:
+                try:
+                    when_gone()
+                except Exception:  # the container is gone all the same
+                    logger.exception("after the removal of %s", record.id[:12])
         self._last_stats.pop(record.id, None)
         self._delete_aside(gone)
 

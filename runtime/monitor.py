@@ -449,13 +449,22 @@ _closing: "queue.SimpleQueue[int] | None" = None
 _closing_lock = threading.Lock()
 
 
+# More waiting to be closed than this and a close is done by its caller: inotify instances are
+# limited per user (fs.inotify.max_user_instances, 128 by default).
+_CLOSING_MAX = 32
+
+
 def _close_later(fd: int) -> None:
     global _closing
     with _closing_lock:
         if _closing is None:
             _closing = queue.SimpleQueue()
-            threading.Thread(target=_closer, args=(_closing,), name="berth-inotify-close", daemon=True).start()
-        _closing.put(fd)
+            threading.Thread(target=_closer, args=(_closing,), name="berth-inotify-close",
+                             daemon=True).start()
+        if _closing.qsize() < _CLOSING_MAX:
+            _closing.put(fd)
+            return
+    os.close(fd)
 
 
 def _closer(fds: "queue.SimpleQueue[int]") -> None:
@@ -466,9 +475,13 @@ def _closer(fds: "queue.SimpleQueue[int]") -> None:
 
 
 def _after_fork_in_child() -> None:
-    # The closing thread is not in the child (a Celery pool process): it starts its own.
+    # The closing thread is not in the child (a Celery pool process): it closes the copies of what
+    # was still waiting, and starts its own thread when it needs one.
     global _closing, _closing_lock
-    _closing, _closing_lock = None, threading.Lock()
+    waiting, _closing, _closing_lock = _closing, None, threading.Lock()
+    while waiting is not None and not waiting.empty():
+        with contextlib.suppress(OSError, queue.Empty):
+            os.close(waiting.get_nowait())
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -129,11 +129,14 @@ def _attach(request, name: str, query: QueryDict):
         # Attached before start (docker run, start -ai): the worker creates it in runc now, so its
         # attach socket exists before it starts and no output is lost. The front answers 101 at
         # once, waits for this (init_wait), connects, and holds the client's start until then.
-        # A never-run container's early init (docker run --rm) may be running: wait for its answer.
-        init_task = (services.early_init_task(record.id) if state == "configured" else None) or nodes.send(
+        # A never-run container's early init (docker run --rm) may be running: wait for its answer,
+        # unless it failed already (its error is in the record): then try again.
+        reuse = state == "configured" and not record.error
+        init_task = (services.early_init_task(record.id) if reuse else None) or nodes.send(
             tasks.hijack, "init", record.id)
     stdin = query.get("stdin", "").lower() in ("1", "true", "yes") and bool(record.config.open_stdin)
-    audit.record(request, "container.attach", functools.partial(services.get_container, record.id), stdin=stdin)
+    audit.record(request, "container.attach", functools.partial(services.get_container, record.id),
+                 stdin=stdin)
     return json_response({"kind": "attach", "container_id": record.id, "socket": store().attach_socket_path(record.id),
                           "tty": bool(record.config.tty), "stdin": stdin, "stdin_once": bool(record.config.stdin_once),
                           "init_task": init_task, "name": record.name.lstrip("/"),

@@ -112,9 +112,10 @@ def test_create_records_the_owner_and_audits_the_new_row(db, engine, django_user
     assert (event.user, event.object_type, event.object_id) == (user, "container", str(row.pk))
 
 
-def test_a_docker_api_request_writes_its_audit_events_once_answered(db, django_user_model):
-    """The Docker API's views write their audit events once the answer is sent (when Django closes
-    it), not before; a view that fails writes them at once."""
+def test_a_docker_api_request_hands_its_audit_events_to_the_audit_thread(db, django_user_model, monkeypatch):
+    """The Docker API's views hand their audit events to the audit thread when they are done (the
+    answer goes out meanwhile), not during the view; a view that fails writes them at once; an
+    object gone by then leaves the event without it."""
     from django.http import HttpResponse
     from django.test import RequestFactory
 
@@ -122,11 +123,15 @@ def test_a_docker_api_request_writes_its_audit_events_once_answered(db, django_u
     from project.dockerapi.base import docker_endpoint
     from project.models import AuditEvent
 
+    handed = []
+    monkeypatch.setattr(audit._writer, "submit", handed.append)  # the thread's side, by hand below
     user = django_user_model.objects.create_user("auditor", password="x")
 
     @docker_endpoint("POST")
     def view(request):
         audit.record(request, "thing.do", lambda: user, how="now")
+        audit.record(request, "thing.gone", lambda: Container.objects.get(container_id="nope"))
+        assert not AuditEvent.objects.exists()  # not while the view runs
         return HttpResponse(status=204)
 
     @docker_endpoint("POST")
@@ -136,18 +141,17 @@ def test_a_docker_api_request_writes_its_audit_events_once_answered(db, django_u
 
     request = RequestFactory().post("/v1.41/thing")
     request.user = user
-    response = view(request)
-    assert response.status_code == 204 and not AuditEvent.objects.exists()
-    response.close()
-    event = AuditEvent.objects.get()
-    assert (event.action, event.user, event.object_type, event.object_id, event.detail) == (
-        "thing.do", user, "user", str(user.pk), {"how": "now"})
+    assert view(request).status_code == 204 and len(handed) == 1
+    audit._save_all(handed[0])
+    done, gone = AuditEvent.objects.get(action="thing.do"), AuditEvent.objects.get(action="thing.gone")
+    assert (done.user, done.object_type, done.object_id) == (user, "user", str(user.pk))
+    assert done.detail == {"how": "now"}
+    assert (gone.object_type, gone.object_id) == ("", "")
     with pytest.raises(RuntimeError):
         failing(request)
     assert AuditEvent.objects.filter(action="thing.fail").exists()
 
-
-def test_the_docker_apis_actions_audit_their_container(db, engine, django_user_model, settings):
+def test_the_docker_apis_actions_audit_their_container(db, engine, django_user_model, settings, monkeypatch):
     """A start's audit event names the container's row, read once the answer is sent; a removal's
     names the row it removed."""
     from django.test import RequestFactory
@@ -155,7 +159,10 @@ def test_the_docker_apis_actions_audit_their_container(db, engine, django_user_m
     from containers import dockerapi
     from project.models import AuditEvent
 
+    from project import audit
+
     settings.CELERY_TASK_ALWAYS_EAGER = True
+    monkeypatch.setattr(audit._writer, "submit", audit._save_all)  # the audit thread's work, here
     user = django_user_model.objects.create_superuser("operator", password="x")
     factory = RequestFactory()
     container = services.create_container({"image": "busybox", "cmd": ["sleep", "30"], "name": "audited"},
@@ -166,7 +173,6 @@ def test_the_docker_apis_actions_audit_their_container(db, engine, django_user_m
         request.user = user
         response = view(request, "audited")
         assert response.status_code == 204, response.content
-        response.close()
         event = AuditEvent.objects.get(action=action)
         assert (event.object_type, event.object_id) == ("container", str(container.pk))
 
@@ -183,3 +189,27 @@ def test_after_starts_thread_still_acts_on_an_exit_no_watcher_saw(db, engine, mo
     with pytest.raises(NotFound):
         engine.containers.get(record.id)
     assert not Container.objects.filter(container_id=record.id).exists()
+
+
+def test_a_rm_containers_row_goes_before_its_files(db, engine, monkeypatch):
+    """docker run --rm is answered once the container is moved out of the store, and may reuse its
+    name at once: the row (which holds the name too) is gone before the files are deleted, with
+    its die and destroy events, sent once."""
+    from project import realtime
+
+    sent = []
+    monkeypatch.setattr(realtime, "publish_on_commit", lambda group, event: sent.append(event["state"]))
+    record = engine.containers.create(ContainerConfig(image="busybox", cmd=["sh", "-c", "exit 3"],
+                                                      auto_remove=True, name="reused"))
+    services.sync_container(record)
+    engine.containers.start(record.id)
+    engine.containers.wait(record.id, timeout=10, condition="not-running")
+    rows_when_deleting = []
+    real_delete = engine.containers._delete_aside
+    monkeypatch.setattr(engine.containers, "_delete_aside", lambda *paths: (
+        rows_when_deleting.append(Container.objects.filter(name="reused").count()), real_delete(*paths)))
+    assert services.handle_exit(record.id) is None
+    assert rows_when_deleting == [0]
+    assert sent[-2:] == ["exited", "removed"] and sent.count("removed") == 1
+    services.forget_container(record.id)  # a late second one: nothing more
+    assert sent.count("removed") == 1

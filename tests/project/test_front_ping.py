@@ -18,7 +18,8 @@ async def _daphne(path: str, seen: list):
         seen.append((head.method, head.get("authorization")))
         if head.get("authorization") == GOOD:
             body = b"" if head.method == "HEAD" else b"OK"
-            writer.write(b"HTTP/1.1 200 OK\r\nApi-Version: 1.41\r\nConnection: close\r\nContent-Length: 2\r\n\r\n" + body)
+            writer.write(b"HTTP/1.1 200 OK\r\nApi-Version: 1.41\r\nConnection: close\r\n"
+                         b"Content-Length: 2\r\n\r\n" + body)
         else:
             writer.write(b'HTTP/1.1 401 Unauthorized\r\nContent-Length: 15\r\n\r\n{"message": ""}')
         await writer.drain()
@@ -74,7 +75,8 @@ def test_a_change_of_tokens_or_users_ends_the_replay(settings, tmp_path, db, dja
 
         def ping_twice():
             for _ in range(2):
-                assert loop.run_until_complete(front.ping(_ping("GET", GOOD), "127.0.0.1")).startswith(b"HTTP/1.1 200")
+                answer = loop.run_until_complete(front.ping(_ping("GET", GOOD), "127.0.0.1"))
+                assert answer.startswith(b"HTTP/1.1 200")
 
         ping_twice()
         assert len(seen) == 1

@@ -21,14 +21,16 @@ def test_cgroup2_mounts_reads_mountinfo(tmp_path):
     info = tmp_path / "mountinfo"
     info.write_text(MOUNTINFO)
     assert cgroups.cgroup2_mounts(str(info)) == [
-        ("/sys/fs/cgroup", ["rw", "nosuid", "nodev", "noexec", "relatime"], ["rw", "nsdelegate", "memory_recursiveprot"]),
+        ("/sys/fs/cgroup", ["rw", "nosuid", "nodev", "noexec", "relatime"],
+         ["rw", "nsdelegate", "memory_recursiveprot"]),
         ("/tmp/a b", ["rw", "relatime"], ["rw", "favordynmods"]),
     ]
 
 
 def test_the_remount_repeats_the_mount_options():
-    assert cgroups.remount_options(["ro", "nosuid", "relatime"], ["rw", "nsdelegate", "memory_recursiveprot"]) == (
-        "remount,ro,nosuid,relatime,nsdelegate,memory_recursiveprot,favordynmods")
+    options = cgroups.remount_options(["ro", "nosuid", "relatime"],
+                                      ["rw", "nsdelegate", "memory_recursiveprot"])
+    assert options == "remount,ro,nosuid,relatime,nsdelegate,memory_recursiveprot,favordynmods"
     assert cgroups.remount_options(["rw"], ["rw"]) == "remount,rw,favordynmods"
 
 
@@ -57,3 +59,11 @@ def test_the_remount_keeps_every_option_of_the_mount():
         assert "favordynmods" in now_supers
         assert set(options) <= set(now_options), point  # nosuid, nodev, noexec, ro kept
         assert set(supers) <= set(now_supers), point  # nsdelegate, memory_recursiveprot kept
+
+
+def test_a_read_only_bind_of_a_writable_hierarchy_is_never_remounted(tmp_path):
+    """A remount applies its ro/rw to the hierarchy itself: a read-only bind (in a container, say)
+    of a writable cgroup2 would make it read-only for the whole host. Such a mount is left alone."""
+    info = tmp_path / "mountinfo"
+    info.write_text("30 25 0:26 / /sys/fs/cgroup ro,nosuid,relatime - cgroup2 cgroup2 rw,nsdelegate\n")
+    assert cgroups.favor_dynmods(str(info)) is False

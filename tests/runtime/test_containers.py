@@ -731,7 +731,8 @@ def test_the_removal_answers_its_waiter_before_the_files_are_deleted(store, ctr,
 
     real_wait = containers_module.FileWatch.wait
     # Only an event wakes the waiter (not its once-a-second look): the move must make one.
-    monkeypatch.setattr(containers_module.FileWatch, "wait", lambda self, timeout, *a: real_wait(self, 15, *a))
+    monkeypatch.setattr(containers_module.FileWatch, "wait",
+                        lambda self, timeout, *a: real_wait(self, 15, *a))
     with ThreadPoolExecutor(2) as pool:
         waiting = pool.submit(store.wait, record.id, 30, "removed")
         time.sleep(0.2)  # the waiter watches the container's directory

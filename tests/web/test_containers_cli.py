@@ -1,6 +1,7 @@
 """Containers through the real docker CLI against a live Berth: real runc, conmon and overlayfs."""
 
 import io
+import re
 import json
 import tarfile
 import time
@@ -165,3 +166,21 @@ def test_runtime_choice_through_the_cli(docker, name):
     refused = docker("run", "--rm", "--runtime", "kata", "busybox", "true", check=False)
     assert refused.returncode != 0 and "Unknown runtime specified kata" in refused.stderr
 
+
+
+def test_docker_api_actions_are_audited_with_their_container(docker, berth, name):
+    """The Docker API's events are written beside the answer, by the audit thread; a stop of a
+    --rm container (which takes its row away) still names it."""
+    from tests.web.test_events_socket import session_cookie
+
+    docker("run", "-d", "--rm", "--name", name, "busybox", "sleep", "30")
+    docker("stop", "-t", "0", name)
+    cookie = session_cookie(berth)
+
+    def audited():
+        page = berth.request("GET", "/admin/project/auditevent/?action=container.stop", token=False,
+                             headers={"Cookie": cookie})[2].decode()
+        return re.search(r'field-action">container\.stop</td><td class="field-object_type">container</td>'
+                         r'<td class="field-object_id">\d+</td>', page) is not None
+
+    assert wait_until(audited)

@@ -36,8 +36,8 @@ def test_docker_events_streams_container_lifecycle(berth, tmp_path):
     name = "ev-" + uuid.uuid4().hex[:6]
     try:
         with events(env, name, "{{.Type}} {{.Action}} {{.Actor.Attributes.name}}") as until:
-            subprocess.run(["docker", "run", "-d", "--name", name, "busybox", "sh", "-c", "sleep 0.5; exit 2"],
-                           env=env, check=True, capture_output=True)
+            subprocess.run(["docker", "run", "-d", "--name", name, "busybox", "sh", "-c",
+                            "sleep 0.5; exit 2"], env=env, check=True, capture_output=True)
             subprocess.run(["docker", "wait", name], env=env, check=True, capture_output=True)
             lines = until("die")
         assert f"container start {name}" in lines
