@@ -187,7 +187,7 @@ def _auto_remove(container_id: str) -> None:
     with contextlib.suppress(NotFound):
         engine_containers().remove(container_id, force=True, volumes=True,
                                    when_gone=lambda: forget_container(container_id))
-    forget_container(container_id)  # gone before (no-op otherwise)
+    forget_container(container_id)  # the engine had it no more: its row goes too (else a no-op)
 
 
 @contextlib.contextmanager

@@ -38,10 +38,9 @@ def defer(request) -> None:
     request._audit_pending = []
 
 
-def write_after(request, response=None) -> None:
+def write_after(request) -> None:
     """Have the events ``request`` recorded written by the audit thread (the view is done: its
-    answer goes out meanwhile). The response is not needed: a client that hangs up before the
-    answer is sent still leaves its events."""
+    answer goes out meanwhile); a client that hangs up before it is sent still leaves them."""
     pending = getattr(request, "_audit_pending", None)
     request._audit_pending = None
     if pending:

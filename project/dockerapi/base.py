@@ -88,7 +88,7 @@ def docker_endpoint(*methods: str):
             except BaseException:
                 audit.write_now(request)
                 raise
-            audit.write_after(request, response)
+            audit.write_after(request)
             return api_headers(response)
 
         wrapper.docker_api = True
