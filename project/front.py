@@ -68,6 +68,7 @@ INTERNAL_RE = re.compile(r"^/(?:v\d+\.\d+/)?_berth(?:/|$)")
 PING_RE = re.compile(r"^/(?:v\d+\.\d+/)?_ping$")
 # Daphne's answer to a ping is replayed this long to the same credentials (Front.ping).
 PING_TTL = 5.0
+PING_FETCH_TIMEOUT = 30.0
 # Headers the client may not set (they mean something between the front and Daphne), and the
 # hop-by-hop headers that never go to the preflight.
 STRIPPED = {SECRET_HEADER.lower(), "x-forwarded-for", "x-forwarded-port", "x-forwarded-proto"}
@@ -396,7 +397,7 @@ class Front:
             return cached[2]
         try:
             status, answer = await self._fetch(head, peer)
-        except (OSError, ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+        except (OSError, ValueError, asyncio.TimeoutError):
             return None
         if status == 200:
             if len(self.pings) > 256:
@@ -412,24 +413,27 @@ class Front:
         return st and (st.st_ino, st.st_mtime_ns)
 
     async def _fetch(self, head: Head, peer: str) -> tuple[int, bytes]:
-        """One bodiless request to Daphne on a connection of its own: (status, the whole answer,
-        without its Connection header)."""
+        """One bodiless request to Daphne on a connection of its own, which Daphne closes after
+        its answer: (status, the whole answer as sent, any body framing, without its Connection
+        header). A 200 is only kept (``ping``) with a Content-Length."""
         reader, writer = await asyncio.open_unix_connection(self.upstream, limit=MAX_HEAD)
         try:
             headers = [(k, v) for k, v in head.headers
                        if k.lower() not in STRIPPED and k.lower() != "connection"]
-            writer.write(head.encode(headers + [("X-Forwarded-For", peer)]))
+            writer.write(head.encode(headers + [("X-Forwarded-For", peer), ("Connection", "close")]))
             await writer.drain()
-            raw = await reader.readuntil(b"\r\n\r\n")
-            answer = Head(b"GET / HTTP/1.1\r\n" + raw.split(b"\r\n", 1)[1][:-4])  # the headers, parsed
-            status = int(raw.split(b" ", 2)[1])
-            length = int(answer.get("content-length") or 0)
-            body = await reader.readexactly(length) if head.method != "HEAD" and length else b""
+            raw = await asyncio.wait_for(reader.read(-1), PING_FETCH_TIMEOUT)
         finally:
             writer.close()
-        kept = [f"{k}: {v}" for k, v in answer.headers if k.lower() != "connection"]
-        status_line = raw.split(b"\r\n", 1)[0].decode("latin-1")
-        return status, ("\r\n".join([status_line, *kept]) + "\r\n\r\n").encode("latin-1") + body
+        head_part, sep, body = raw.partition(b"\r\n\r\n")
+        if not sep:
+            raise ValueError("no answer from Daphne")
+        lines = head_part.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        kept = [line for line in lines[1:] if line.partition(":")[0].strip().lower() != "connection"]
+        if status == 200 and not any(line.lower().startswith("content-length:") for line in kept):
+            status = 0  # not one to replay
+        return status, ("\r\n".join([lines[0], *kept]) + "\r\n\r\n").encode("latin-1") + body
 
     async def pass_gate(self, ref: str) -> None:
         """Wait until no attach of ``ref`` is connecting (bounded: a stuck attach does not block starts)."""

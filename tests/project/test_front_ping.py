@@ -16,7 +16,9 @@ async def _daphne(path: str, seen: list):
     async def answer(reader, writer):
         head = Head((await reader.readuntil(b"\r\n\r\n"))[:-4])
         seen.append((head.method, head.get("authorization")))
-        if head.get("authorization") == GOOD:
+        if head.get("authorization") == "Bearer chunked":
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nOK\r\n0\r\n\r\n")
+        elif head.get("authorization") == GOOD:
             body = b"" if head.method == "HEAD" else b"OK"
             writer.write(b"HTTP/1.1 200 OK\r\nApi-Version: 1.41\r\nConnection: close\r\n"
                          b"Content-Length: 2\r\n\r\n" + body)
@@ -45,17 +47,21 @@ def test_a_200_is_replayed_to_the_same_credentials_only():
             head = await front.ping(_ping("HEAD", GOOD), "127.0.0.1")
             bad = [await front.ping(_ping("GET", "Bearer bad"), "127.0.0.1") for _ in range(2)]
             anonymous = await front.ping(_ping("GET", None), "127.0.0.1")
+            chunked = [await front.ping(_ping("GET", "Bearer chunked"), "127.0.0.1") for _ in range(2)]
             server.close()
-            return seen, first, again, head, bad, anonymous
+            return seen, first, again, head, bad, anonymous, chunked
 
-    seen, first, again, head, bad, anonymous = asyncio.run(scenario())
+    seen, first, again, head, bad, anonymous, chunked = asyncio.run(scenario())
+    # Any other framing is relayed as it came, and never replayed.
+    assert chunked[0] == chunked[1] == b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nOK\r\n0\r\n\r\n"
     assert first == again and first.startswith(b"HTTP/1.1 200 OK\r\n") and first.endswith(b"\r\n\r\nOK")
     assert b"Connection" not in first  # Daphne's "close" is not the client's
     assert head.endswith(b"Content-Length: 2\r\n\r\n")  # HEAD: the length, no body
     assert all(b.startswith(b"HTTP/1.1 401") for b in bad)
     assert anonymous is None  # no credentials: forwarded as any request
     # Daphne saw the good GET once, the HEAD once, and every bad one.
-    assert seen == [("GET", GOOD), ("HEAD", GOOD), ("GET", "Bearer bad"), ("GET", "Bearer bad")]
+    assert seen == [("GET", GOOD), ("HEAD", GOOD), ("GET", "Bearer bad"), ("GET", "Bearer bad"),
+                    ("GET", "Bearer chunked"), ("GET", "Bearer chunked")]
 
 
 def test_a_change_of_tokens_or_users_ends_the_replay(settings, tmp_path, db, django_user_model):
