@@ -4,12 +4,29 @@ the front talks to a small stand-in for Daphne that counts what reaches it; the 
 real one (tests/web/test_hijack.py)."""
 
 import asyncio
+import contextlib
 import os
 import tempfile
+import threading
 
 from project.front import Front, Head
 
 GOOD = "Bearer good"
+
+
+@contextlib.contextmanager
+def loop_thread():
+    """An event loop in a thread of its own (pytest's thread may have one running already:
+    Playwright's); yields ``run(coroutine)``, which waits for the coroutine's result."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        yield lambda coro: asyncio.run_coroutine_threadsafe(coro, loop).result(30)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
 
 
 async def _daphne(path: str, seen: list):
@@ -51,7 +68,8 @@ def test_a_200_is_replayed_to_the_same_credentials_only():
             server.close()
             return seen, first, again, head, bad, anonymous, chunked
 
-    seen, first, again, head, bad, anonymous, chunked = asyncio.run(scenario())
+    with loop_thread() as run:
+        seen, first, again, head, bad, anonymous, chunked = run(scenario())
     # Any other framing is relayed as it came, and never replayed.
     assert chunked[0] == chunked[1] == b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nOK\r\n0\r\n\r\n"
     assert first == again and first.startswith(b"HTTP/1.1 200 OK\r\n") and first.endswith(b"\r\n\r\nOK")
@@ -73,15 +91,14 @@ def test_a_change_of_tokens_or_users_ends_the_replay(settings, tmp_path, db, dja
     user = django_user_model.objects.create_user("revoker", password="x")
     token, _ = ApiToken.objects.create_token(user, "t")
     seen = []
-    loop = asyncio.new_event_loop()
-    try:
+    with loop_thread() as run:
         sock = str(tmp_path / "daphne.sock")
-        server = loop.run_until_complete(_daphne(sock, seen))
+        server = run(_daphne(sock, seen))
         front = Front(sock, "secret", auth_changed=str(tmp_path / "auth_changed"))
 
         def ping_twice():
             for _ in range(2):
-                answer = loop.run_until_complete(front.ping(_ping("GET", GOOD), "127.0.0.1"))
+                answer = run(front.ping(_ping("GET", GOOD), "127.0.0.1"))
                 assert answer.startswith(b"HTTP/1.1 200")
 
         ping_twice()
@@ -91,5 +108,3 @@ def test_a_change_of_tokens_or_users_ends_the_replay(settings, tmp_path, db, dja
         ping_twice()
         assert len(seen) == 2
         server.close()
-    finally:
-        loop.close()
