@@ -170,7 +170,7 @@ def container_wait(request, name: str):
 
 
 def _wait(container_id: str, condition: str) -> int:
-    return engine().wait(container_id, condition=condition)
+    return engine().wait(container_id, condition=condition, sync=False)  # the worker records the exit
 
 
 #

@@ -1322,14 +1322,18 @@ class ContainerStore:
     # Wait
     #
 
-    def wait(self, id_or_name: str, timeout: float | None = None, condition: str = "not-running") -> int:
+    def wait(self, id_or_name: str, timeout: float | None = None, condition: str = "not-running", *,
+             sync: bool = True) -> int:
         """``docker wait``: block until the container is not running; return its exit code.
 
         ``condition``: "not-running" (returns at once for a container that does not run),
         "next-exit" (waits for the end of the next run, even if not started yet) or "removed"
         (waits until the container is gone; its exit code as the removal left it, else the last seen).
         Raises TimeoutError after ``timeout`` seconds. Blocks on inotify (the exit file, the
-        record), waking at least once a second to notice a monitor that died.
+        record), waking at least once a second to notice a monitor that died. ``sync=False``: an
+        ended run's code is taken from conmon's exit file without recording the exit (a process
+        beside the one that records it, which it would race: the web server's ``docker wait``).
+        A waiter for the removal never syncs.
         """
         if condition not in ("not-running", "next-exit", "removed"):
             raise InvalidArgument(f"invalid condition: {condition!r}")
@@ -1351,17 +1355,21 @@ class ContainerStore:
                         code = self._removed_exit_code(cid)
                         return last_code if code is None else code
                     raise NotFound(f"No such container: {cid}")
-                if condition != "removed":
-                    # A waiter for the removal only watches: syncing the exit here (unmount,
-                    # cgroups) would race the worker, which removes the container right after.
-                    current = self._synced(current)
-                    last_code = current.exit_code
-                else:  # the code conmon wrote, in case the removal leaves none (see there)
+                # An ended run's code as conmon wrote it. A waiter for the removal (or with
+                # sync=False) only watches: syncing the exit here (unmount, cgroups) would race the
+                # worker's exit watcher, which wakes on the same file, records it and (--rm)
+                # removes the container.
+                code = None
+                if (condition == "removed" or not sync) and current.state in (S.CREATED, *ACTIVE_STATES):
                     code = read_exit_file(self._exit_file(cid))
-                    if code is not None:
-                        last_code = 128 + signals.SIGKILL if code == -1 else code
-                    else:
-                        last_code = current.exit_code
+                    code = None if code is None else (128 + signals.SIGKILL if code == -1 else code)
+                if condition == "removed":
+                    last_code = current.exit_code if code is None else code
+                elif code is not None:
+                    return code  # it ended (a next exit too: the record said it was on)
+                else:
+                    current = self._synced(current)  # a monitor gone without a word: sync
+                    last_code = current.exit_code
                 if current.state not in (S.CREATED, *ACTIVE_STATES):
                     if condition == "not-running":
                         return current.exit_code
