@@ -420,12 +420,19 @@ _EARLY_INITS: dict[str, tuple[str, float]] = {}
 EARLY_INIT_KEEP_S = 60.0
 
 
-def _remember_early_init(container_id: str, task_id: str | None) -> None:
+# The rows this process's creates made, by container id (their pk, id and name): the audit event
+# of a start, written after the answer, names the row though a --rm container took it away since.
+_CREATED_ROWS: dict[str, tuple[Container, float]] = {}
+
+
+def _remember_created(container: Container, task_id: str | None) -> None:
     now = time.monotonic()
-    for cid in [c for c, (_, when) in _EARLY_INITS.items() if now - when > EARLY_INIT_KEEP_S]:
-        _EARLY_INITS.pop(cid, None)
+    for known in (_EARLY_INITS, _CREATED_ROWS):
+        for cid in [c for c, (_, when) in list(known.items()) if now - when > EARLY_INIT_KEEP_S]:
+            known.pop(cid, None)
+    _CREATED_ROWS[container.container_id] = (container, now)
     if task_id:
-        _EARLY_INITS[container_id] = (task_id, now)
+        _EARLY_INITS[container.container_id] = (task_id, now)
 
 
 def early_init_task(container_id: str) -> str | None:
@@ -446,10 +453,10 @@ def create_container(config: dict, *, start: bool = False, user=None, request=No
 
     user_id = user.pk if user is not None and user.is_authenticated else None
     answer = nodes.call(tasks.create_container, config, user_id, start)
-    _remember_early_init(answer["id"], answer.get("init_task"))
+    reference = Container(pk=answer["pk"], container_id=answer["id"], name=answer["name"])
+    _remember_created(reference, answer.get("init_task"))
     container = Container.objects.filter(container_id=answer["id"]).first() if read else None
-    if container is None:  # not read, or gone already (run -d --rm of a program that ended)
-        container = Container(pk=answer["pk"], container_id=answer["id"], name=answer["name"])
+    container = container or reference  # not read, or gone already (run -d --rm of what ended)
     audit.record(request, "container.run" if start else "container.create", container, image=config.get("image"))
     return container
 
@@ -501,7 +508,9 @@ def container_action(container: Container | str, action: str, *, request=None, *
 
 
 def _row_of(container_id: str) -> Container | None:
-    return Container.objects.filter(container_id=container_id).first()
+    """The container's row, or what a create of this process knew of it (gone since: --rm)."""
+    row = Container.objects.filter(container_id=container_id).first()
+    return row or _CREATED_ROWS.get(container_id, (None, 0))[0]
 
 
 def get_container(name_or_id: str) -> Container:

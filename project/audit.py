@@ -1,5 +1,6 @@
 """The audit log: every change is recorded with who, what, when and the outcome."""
 
+import atexit
 import logging
 import os
 import queue
@@ -76,10 +77,22 @@ class _Writer:
             # A moment later, with whatever came meanwhile: docker run's five requests come
             # within ~60 ms, and a write beside them slowed the next answer.
             time.sleep(WRITE_DELAY_S)
+            _Writer.write(events, batches)
+
+    @staticmethod
+    def write(events: list[AuditEvent], batches: "queue.SimpleQueue[list[AuditEvent]]") -> None:
+        try:
             while not batches.empty():
                 events += batches.get_nowait()
             _save_all(events)
             close_old_connections()
+        except Exception:  # the thread goes on
+            logger.exception("the audit thread failed")
+
+    def flush(self) -> None:
+        """Write what is still waiting (at the process's exit: the thread is a daemon)."""
+        if self.queue is not None and self.pid == os.getpid():
+            _Writer.write([], self.queue)
 
 
 # How long the audit thread waits before writing what it was given.
@@ -87,6 +100,7 @@ WRITE_DELAY_S = 0.1
 
 
 _writer = _Writer()
+atexit.register(_writer.flush)
 
 
 def _save_all(events: list[AuditEvent]) -> None:

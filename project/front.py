@@ -542,6 +542,9 @@ class Connection:
                 if answer is not None:
                     self.writer.write(answer)
                     await self.writer.drain()
+                    framing = answer.partition(b"\r\n\r\n")[0].lower()
+                    if b"content-length:" not in framing and b"chunked" not in framing:
+                        return  # its end is the connection's (HTTP/1.0)
                     continue
             if head.method == "POST" and (match := START_RE.match(head.path)):
                 await self.front.pass_gate(match[1])

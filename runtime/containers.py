@@ -554,7 +554,7 @@ class ContainerStore:
         """Drop the remembered records of containers no longer in ``ids`` (all of them)."""
         if len(self._listed) > len(ids):
             present = set(ids)
-            for cid in [c for c in self._listed if c not in present]:
+            for cid in [c for c in list(self._listed) if c not in present]:  # other threads add
                 self._listed.pop(cid, None)
 
     def image_in_use(self, image_id: str) -> str | bool:

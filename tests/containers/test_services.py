@@ -213,3 +213,28 @@ def test_a_rm_containers_row_goes_before_its_files(db, engine, monkeypatch):
     assert sent[-2:] == ["exited", "removed"] and sent.count("removed") == 1
     services.forget_container(record.id)  # a late second one: nothing more
     assert sent.count("removed") == 1
+
+
+def test_a_starts_audit_event_names_a_rm_container_gone_since(db, engine, django_user_model, settings,
+                                                              monkeypatch):
+    """The audit event of a start is written after the answer; a --rm container may have taken its
+    row away by then (docker run --rm true): the event names the row the create made."""
+    from django.test import RequestFactory
+
+    from containers import dockerapi
+    from project import audit
+    from project.models import AuditEvent
+
+    settings.CELERY_TASK_ALWAYS_EAGER = True
+    handed = []
+    monkeypatch.setattr(audit._writer, "submit", handed.append)
+    user = django_user_model.objects.create_superuser("runner", password="x")
+    container = services.create_container({"image": "busybox", "cmd": ["sleep", "30"], "name": "gone-soon"},
+                                          user=user, read=False)
+    request = RequestFactory().post("/v1.41/containers/gone-soon/start")
+    request.user = user
+    assert dockerapi.container_start(request, "gone-soon").status_code == 204
+    Container.objects.filter(pk=container.pk).delete()  # what --rm does once it ended
+    audit._save_all(handed[0])
+    event = AuditEvent.objects.get(action="container.start")
+    assert (event.object_type, event.object_id) == ("container", str(container.pk))
