@@ -412,36 +412,36 @@ def _init_ahead(container_id: str) -> str | None:
         return None
 
 
-# The early inits of the containers this process created, by container id: (task id, when). The
-# CLI's attach comes while the init still runs (the row says "configured"): it waits for that task
-# rather than queueing a second init, which would hold a worker process while it waits for the
-# first one's lock (the CLI's start then waited for a free worker process).
-_EARLY_INITS: dict[str, tuple[str, float]] = {}
-EARLY_INIT_KEEP_S = 60.0
-
-
-# The rows this process's creates made, by container id (their pk, id and name): the audit event
-# of a start, written after the answer, names the row though a --rm container took it away since.
-_CREATED_ROWS: dict[str, tuple[Container, float]] = {}
+# The containers this process created, by id: (a reference to the row: its pk, id and name; the
+# early init task its create queued, if any; when). The CLI's attach comes while that init still
+# runs (the row says "configured"): it waits for that task rather than queueing a second init, which
+# would hold a worker process while it waits for the first one's lock (the CLI's start then waited
+# for a free worker process). The audit event of a start, written after the answer, names the row
+# though a --rm container took it away since.
+_CREATED: dict[str, tuple[Container, str | None, float]] = {}
+CREATED_KEEP_S = 60.0
 
 
 def _remember_created(container: Container, task_id: str | None) -> None:
     now = time.monotonic()
-    for known in (_EARLY_INITS, _CREATED_ROWS):
-        for cid in [c for c, (_, when) in list(known.items()) if now - when > EARLY_INIT_KEEP_S]:
-            known.pop(cid, None)
-    _CREATED_ROWS[container.container_id] = (container, now)
-    if task_id:
-        _EARLY_INITS[container.container_id] = (task_id, now)
+    for cid in [c for c, (_, _, when) in list(_CREATED.items()) if now - when > CREATED_KEEP_S]:
+        _CREATED.pop(cid, None)
+    _CREATED[container.container_id] = (container, task_id, now)
+
+
+def _created(container_id: str) -> tuple[Container | None, str | None]:
+    """What a create of this process recently knew of ``container_id``: (row reference, early
+    init task id), or (None, None)."""
+    entry = _CREATED.get(container_id)
+    if entry is None or time.monotonic() - entry[2] > CREATED_KEEP_S:
+        return None, None
+    return entry[0], entry[1]
 
 
 def early_init_task(container_id: str) -> str | None:
     """The id of the early init task queued for ``container_id`` by a create in this process (its
     answer says when the container exists in the OCI runtime), if it is recent."""
-    entry = _EARLY_INITS.get(container_id)
-    if entry is None or time.monotonic() - entry[1] > EARLY_INIT_KEEP_S:
-        return None
-    return entry[0]
+    return _created(container_id)[1]
 
 
 def create_container(config: dict, *, start: bool = False, user=None, request=None,
@@ -510,7 +510,7 @@ def container_action(container: Container | str, action: str, *, request=None, *
 def _row_of(container_id: str) -> Container | None:
     """The container's row, or what a create of this process knew of it (gone since: --rm)."""
     row = Container.objects.filter(container_id=container_id).first()
-    return row or _CREATED_ROWS.get(container_id, (None, 0))[0]
+    return row or _created(container_id)[0]
 
 
 def get_container(name_or_id: str) -> Container:

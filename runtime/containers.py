@@ -826,7 +826,7 @@ class ContainerStore:
             if record.started_at and record.started_at != ZERO_TIME:
                 with contextlib.suppress(ValueError):
                     finished_ns = max(finished_ns, parse_time_ns(record.started_at))
-        record.exit_code = 128 + signals.SIGKILL if code == -1 else code  # -1: conmon's --timeout kill
+        record.exit_code = _docker_exit_code(code)
         record.oom_killed = os.path.exists(os.path.join(self._persist_dir(record.id), "oom"))
         record.error = error
         record.finished_at = format_time_ns(finished_ns)
@@ -1362,7 +1362,7 @@ class ContainerStore:
                 code = None
                 if (condition == "removed" or not sync) and current.state in (S.CREATED, *ACTIVE_STATES):
                     code = read_exit_file(self._exit_file(cid))
-                    code = None if code is None else (128 + signals.SIGKILL if code == -1 else code)
+                    code = None if code is None else _docker_exit_code(code)
                 if condition == "removed":
                     last_code = current.exit_code if code is None else code
                 elif code is not None:
@@ -2536,6 +2536,11 @@ def _write_text(path: str, text: str) -> None:
         f.write(text)
     os.chmod(tmp, 0o644)
     os.replace(tmp, path)
+
+
+def _docker_exit_code(code: int) -> int:
+    """The exit code Docker reports for conmon's: -1 is conmon's --timeout kill (SIGKILL)."""
+    return 128 + signals.SIGKILL if code == -1 else code
 
 
 def _rmtree(path: str) -> None:
